@@ -1,0 +1,73 @@
+# Set-up and main jobs. `make run` and `make test` each work on a fresh Debian/Ubuntu machine
+# (as root, or with sudo for the Debian font packages).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+GLYPHS := data/glyphs
+CONFIG ?= configs/protonet_conv4_glyphs.yaml
+
+# The 18 Debian packages whose 20 font designs make the glyph benchmark.
+GLYPH_FONTS := fonts-noto-cjk fonts-ipaexfont-mincho fonts-morisawa-bizud-gothic \
+	fonts-arphic-ukai fonts-cns11643-kai fonts-lxgw-wenkai fonts-kouzan-mouhitsu \
+	fonts-aoyagi-soseki fonts-seto fonts-kiloji fonts-klee fonts-yusei-magic \
+	fonts-motoya-l-maruberi fonts-hanazono fonts-dejima-mincho fonts-oradano-mincho-gsrr \
+	fonts-train fonts-misaki
+# Two small fonts the tests render a handful of glyphs with.
+TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi
+
+.PHONY: run test test-slow lint format fonts test-fonts glyphs clean
+
+run: $(VENV)/.installed fonts glyphs
+	$(BIN)/python -m metatl.train --config $(CONFIG)
+
+test: $(VENV)/.dev-installed test-fonts
+	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.dev-installed fonts
+	$(BIN)/python -m pytest -m slow
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev-installed
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+glyphs: $(GLYPHS)/manifest.json
+
+$(GLYPHS)/manifest.json: | $(VENV)/.installed fonts
+	$(BIN)/python -m episodes.glyphs --out $(GLYPHS)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+fonts:
+	@$(MAKE) --no-print-directory _apt PACKAGES="$(GLYPH_FONTS)"
+
+test-fonts:
+	@$(MAKE) --no-print-directory _apt PACKAGES="$(TEST_FONTS)"
+
+# Installs the Debian packages in PACKAGES that are not installed yet.
+_apt:
+	@missing=$$(for p in $(PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""Prototypical Networks (Snell, Swersky & Zemel, NeurIPS 2017)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from metatl.algorithms.base import Learner
+from metatl.backbones import Backbone
+from metatl.functional import cosine_similarity_matrix, prototypes, squared_euclidean_distance
+
+__all__ = ["ProtoNet", "PrototypeState"]
+
+Distance = Literal["sqeuclidean", "cosine"]
+
+
+@dataclass(frozen=True)
+class PrototypeState:
+    """Adapted ProtoNet: one prototype per class, ``[n_way, D]``."""
+
+    prototypes: torch.Tensor
+
+
+class ProtoNet(Learner[PrototypeState]):
+    """Classify queries by distance to class-mean embeddings (prototypes).
+
+    Logits are ``-||f(x) - c_k||^2`` (squared Euclidean, the paper's choice) or
+    ``scale * cos(f(x), c_k)`` with a learnable ``scale`` (as in Chen et al. 2019 / TADAM).
+
+    Args:
+        backbone: Embedding network ``f``.
+        distance: ``"sqeuclidean"`` or ``"cosine"``.
+        cosine_scale: Initial value of the learnable cosine temperature.
+    """
+
+    def __init__(
+        self, backbone: Backbone, distance: Distance = "sqeuclidean", cosine_scale: float = 10.0
+    ) -> None:
+        super().__init__(backbone)
+        if distance not in ("sqeuclidean", "cosine"):
+            raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got '{distance}'")
+        self.distance = distance
+        self.scale = (
+            nn.Parameter(torch.tensor(float(cosine_scale))) if distance == "cosine" else None
+        )
+
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> PrototypeState:
+        return PrototypeState(prototypes(self.backbone(support_x), support_y, n_way))
+
+    def predict(self, query_x: torch.Tensor, state: PrototypeState) -> torch.Tensor:
+        return self.logits(self.backbone(query_x), state.prototypes)
+
+    def logits(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+        """``[n_query, D]`` features and ``[n_way, D]`` prototypes -> ``[n_query, n_way]``."""
+        if self.scale is not None:
+            return self.scale * cosine_similarity_matrix(features, protos)
+        return -squared_euclidean_distance(features, protos)
+
+    def forward(self, episode) -> torch.Tensor:
+        # One backbone pass over support and query together: BatchNorm in training mode
+        # then sees a single batch, as in the reference implementation.
+        n_support = episode.n_support
+        features = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        protos = prototypes(features[:n_support], episode.support_y, episode.n_way)
+        return self.logits(features[n_support:], protos)

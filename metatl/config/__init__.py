@@ -1,0 +1,33 @@
+"""Typed run configuration: dataclass schema, YAML files, dotted overrides."""
+
+from metatl.config.load import (
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_overrides,
+)
+from metatl.config.schema import (
+    DataConfig,
+    EpisodesConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TestConfig,
+    TrainConfig,
+)
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "EpisodesConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TestConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+]

@@ -1,0 +1,169 @@
+"""Load a :class:`RunConfig` from YAML plus ``key=value`` / ``--key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from metatl.config.schema import RunConfig
+
+__all__ = ["ConfigError", "config_to_dict", "load_config", "parse_overrides"]
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet"),
+    "model.algorithm": ("protonet",),
+    "model.distance": ("sqeuclidean", "cosine"),
+}
+POSITIVE = (
+    "data.image_size",
+    "episodes.way",
+    "episodes.shot",
+    "episodes.query",
+    "train.steps",
+    "train.log_every",
+    "train.val_every",
+    "train.val_episodes",
+    "train.val_way",
+    "train.val_shot",
+    "train.val_query",
+    "test.way",
+    "test.query",
+    "test.episodes",
+)
+
+
+class ConfigError(ValueError):
+    """A configuration is invalid; the message names the key and what is allowed."""
+
+
+def parse_overrides(args: Sequence[str]) -> list[str]:
+    """Normalise ``key=value``, ``--key=value`` and ``--key value`` into ``key=value``."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            arg = arg[2:]
+            if "=" not in arg:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"override '--{arg}' has no value: use --{arg}=VALUE")
+                arg = f"{arg}={args[i + 1]}"
+                i += 1
+        if "=" not in arg or arg.startswith("="):
+            raise ConfigError(f"override '{args[i]}' is not of the form key=value")
+        out.append(arg)
+        i += 1
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Schema defaults, then the YAML file, then the overrides; validated and typed.
+
+    Args:
+        path: A YAML file of (nested) keys of :class:`RunConfig`, or None for the defaults.
+        overrides: ``key=value`` strings with dotted keys, e.g. ``optim.lr=3e-4``.
+
+    Raises:
+        ConfigError: Unknown key, wrong type, value outside the allowed set, unreadable file.
+    """
+    layers = [OmegaConf.structured(RunConfig)]
+    if path is not None:
+        layers.append(_read_yaml(Path(path)))
+    try:
+        layers.append(OmegaConf.from_dotlist(parse_overrides(list(overrides))))
+        merged = OmegaConf.merge(*layers)
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from None
+    validate(config)
+    return config
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a plain nested dict (e.g. one stored in a checkpoint)."""
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), values))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err)) from None
+    validate(config)
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as a plain nested dict (JSON and YAML serialisable)."""
+    return dataclasses.asdict(config)
+
+
+def validate(config: RunConfig) -> None:
+    """Check value ranges and choices that types alone cannot express."""
+    values = _flatten(config_to_dict(config))
+    for key, allowed in CHOICES.items():
+        if values[key] not in allowed:
+            raise ConfigError(
+                f"{key}={values[key]!r} is not allowed; choose one of: {', '.join(allowed)}"
+            )
+    for key in POSITIVE:
+        if values[key] < 1:
+            raise ConfigError(f"{key} must be a positive integer, got {values[key]}")
+    if not values["test.shots"] or any(s < 1 for s in values["test.shots"]):
+        raise ConfigError(
+            f"test.shots must be a non-empty list of positive integers, got {values['test.shots']}"
+        )
+    for key in ("optim.lr",):
+        if values[key] <= 0:
+            raise ConfigError(f"{key} must be > 0, got {values[key]}")
+    if config.episodes.way < 2 or config.test.way < 2 or config.train.val_way < 2:
+        raise ConfigError("episodes.way, train.val_way and test.way must be at least 2")
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
+        )
+    try:
+        return OmegaConf.create(data)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{path}: {_describe(err)}") from None
+
+
+def _describe(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    reason = str(getattr(err, "msg", None) or err).splitlines()[0]
+    if "not in" in reason and key:
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        known = _known_keys(parent)
+        return f"unknown config key '{key}'; keys here: {', '.join(known)}"
+    return f"config key '{key}': {reason}" if key else reason
+
+
+def _known_keys(parent: str) -> list[str]:
+    node: Any = config_to_dict(RunConfig())
+    for part in filter(None, parent.split(".")):
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    prefix = f"{parent}." if parent else ""
+    return [prefix + k for k in node] if isinstance(node, dict) else []
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

@@ -1,0 +1,95 @@
+"""Shared few-shot maths as pure functions: prototypes, distances, accuracy, intervals."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+__all__ = [
+    "accuracy",
+    "cosine_similarity_matrix",
+    "mean_confidence_interval",
+    "prototypes",
+    "squared_euclidean_distance",
+]
+
+
+def prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Mean feature of each class (the class prototype of Snell et al., 2017).
+
+    Works for unequal shots per class.
+
+    Args:
+        features: ``[n_support, D]``.
+        labels: int64 ``[n_support]``, values in ``0 .. n_way - 1``, each class present.
+        n_way: Number of classes.
+
+    Returns:
+        ``[n_way, D]``.
+    """
+    sums = features.new_zeros((n_way, features.shape[1])).index_add_(0, labels, features)
+    counts = torch.bincount(labels, minlength=n_way).clamp_min_(1).to(features.dtype)
+    return sums / counts.unsqueeze(1)
+
+
+def squared_euclidean_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pairwise squared Euclidean distances ``||x_i - y_j||^2``.
+
+    Computed as ``|x|^2 - 2 x.y + |y|^2`` (one matmul) and clamped at zero against round-off.
+
+    Args:
+        x: ``[N, D]``.
+        y: ``[M, D]``.
+
+    Returns:
+        ``[N, M]``.
+    """
+    x_sq = x.pow(2).sum(1, keepdim=True)
+    y_sq = y.pow(2).sum(1).unsqueeze(0)
+    return torch.addmm(x_sq + y_sq, x, y.t(), alpha=-2.0).clamp_min_(0.0)
+
+
+def cosine_similarity_matrix(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pairwise cosine similarities.
+
+    Args:
+        x: ``[N, D]``.
+        y: ``[M, D]``.
+        eps: Norm floor that keeps zero vectors finite.
+
+    Returns:
+        ``[N, M]`` in ``[-1, 1]``.
+    """
+    return F.normalize(x, dim=1, eps=eps) @ F.normalize(y, dim=1, eps=eps).t()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose arg-max equals the label: a 0-dim float tensor.
+
+    Args:
+        logits: ``[N, n_way]``.
+        labels: int64 ``[N]``.
+    """
+    return (logits.argmax(dim=1) == labels).float().mean()
+
+
+def mean_confidence_interval(values: torch.Tensor | list[float]) -> tuple[float, float]:
+    """Mean and 95% confidence half-width ``1.96 * std / sqrt(n)`` over episodes.
+
+    This is the interval few-shot papers report (Meta-Dataset, LibFewShot); ``std`` is the
+    sample standard deviation (``n - 1``). A single value has a half-width of 0.
+
+    Args:
+        values: Per-episode accuracies ``[n]``.
+
+    Returns:
+        ``(mean, half_width)``.
+    """
+    v = torch.as_tensor(values, dtype=torch.float64)
+    if v.numel() == 0:
+        raise ValueError("mean_confidence_interval needs at least one value")
+    if v.numel() == 1:
+        return float(v[0]), 0.0
+    return float(v.mean()), float(1.96 * v.std(unbiased=True) / math.sqrt(v.numel()))

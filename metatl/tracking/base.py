@@ -1,0 +1,26 @@
+"""The tracker protocol: where metrics, configs and files of a run go."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = ["Tracker"]
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """Receives what a run produces. Implementations: JSONL (always on), W&B (optional)."""
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Record scalar ``metrics`` at training step ``step``."""
+
+    def log_config(self, config: Mapping[str, Any]) -> None:
+        """Record the effective run configuration."""
+
+    def log_artifact(self, path: str | Path, name: str | None = None) -> None:
+        """Record a file produced by the run (checkpoint, report)."""
+
+    def close(self) -> None:
+        """Flush and release resources."""

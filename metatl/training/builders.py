@@ -1,0 +1,23 @@
+"""Build learners from the model section of a config."""
+
+from __future__ import annotations
+
+from metatl.algorithms import Learner, ProtoNet
+from metatl.backbones import create_backbone
+from metatl.config import ConfigError, ModelConfig
+
+__all__ = ["build_learner"]
+
+
+def build_learner(config: ModelConfig, in_channels: int, image_size: int) -> Learner:
+    """The configured learner on a freshly initialised backbone.
+
+    Args:
+        config: The model section of the run config.
+        in_channels: Channels of the data (the backbone's input channels).
+        image_size: Height and width the data are loaded at.
+    """
+    backbone = create_backbone(config.backbone, in_channels=in_channels, image_size=image_size)
+    if config.algorithm == "protonet":
+        return ProtoNet(backbone, distance=config.distance, cosine_scale=config.cosine_scale)  # type: ignore[arg-type]
+    raise ConfigError(f"model.algorithm={config.algorithm!r} has no builder")

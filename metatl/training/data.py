@@ -1,0 +1,81 @@
+"""From a :class:`DataConfig` to in-memory splits, and from a backbone to its transform."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from episodes import LabelledImages
+from metatl.backbones import InputSpec
+from metatl.config import ConfigError, DataConfig
+
+__all__ = ["ImageTransform", "load_split"]
+
+
+def load_split(config: DataConfig, split: str) -> LabelledImages:
+    """Decode one split of the configured dataset into memory at ``config.image_size``.
+
+    Args:
+        config: The data section of the run config.
+        split: A split name as the dataset knows it (``train``, ``val``, ``test``).
+    """
+    root = Path(config.root)
+    size = config.image_size
+    if config.dataset == "glyphs":
+        from episodes.datasets.glyphs import load_glyphs
+
+        return load_glyphs(root, split, image_size=size)
+    if config.dataset == "image_folder":
+        from episodes.datasets.image_folder import load_image_folder
+
+        return load_image_folder(root / split, image_size=size, name=f"{root.name}/{split}")
+    if config.dataset == "mini_imagenet":
+        from episodes.datasets.mini_imagenet import load_mini_imagenet
+
+        return load_mini_imagenet(root, split, image_size=size)  # type: ignore[arg-type]
+    if config.dataset == "omniglot":
+        return _omniglot_split(root, split, size)
+    raise ConfigError(f"data.dataset={config.dataset!r} has no loader")
+
+
+def _omniglot_split(root: Path, split: str, size: int) -> LabelledImages:
+    """Omniglot: test on ``images_evaluation``; the background set's characters are split
+    80/20 (seeded) into train and validation classes."""
+    from episodes.datasets.omniglot import load_omniglot
+
+    if split == "test":
+        return load_omniglot(root, "evaluation", image_size=size)
+    if split not in ("train", "val"):
+        raise ConfigError(f"omniglot has splits train, val, test; got '{split}'")
+    background = load_omniglot(root, "background", image_size=size)
+    order = torch.randperm(background.num_classes, generator=torch.Generator().manual_seed(0))
+    n_val = max(1, background.num_classes // 5)
+    classes = order[n_val:] if split == "train" else order[:n_val]
+    return background.select_classes(sorted(classes.tolist()), name=f"omniglot/{split}")
+
+
+class ImageTransform:
+    """uint8 ``[B, C, H, W]`` -> normalised float ``[B, C', H, W]`` for a backbone.
+
+    Grey images fed to an RGB backbone are replicated over channels. Picklable, so that
+    DataLoader workers can run it.
+
+    Args:
+        spec: The backbone's expected input.
+    """
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.channels = spec.channels
+        self.mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(spec.std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div_(255.0)
+        if x.shape[1] == 1 and self.channels == 3:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != self.channels:
+            raise ValueError(
+                f"images have {x.shape[1]} channels but the backbone expects {self.channels}"
+            )
+        return (x - self.mean) / self.std

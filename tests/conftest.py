@@ -1,0 +1,37 @@
+"""Shared fixtures: small synthetic image collections that a learner can actually learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from episodes import LabelledImages
+
+
+def make_pattern_images(
+    n_classes: int, per_class: int, size: int = 28, seed: int = 0, noise: float = 40.0
+) -> LabelledImages:
+    """Each class is a random blob pattern; its images are noisy, shifted copies of it."""
+    gen = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n_classes, 1, 7, 7, generator=gen)
+    patterns = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear") * 255
+    images = patterns.repeat_interleave(per_class, 0)
+    shifts = torch.randint(-2, 3, (images.shape[0], 2), generator=gen)
+    images = torch.stack(
+        [
+            torch.roll(im, tuple(s.tolist()), dims=(1, 2))
+            for im, s in zip(images, shifts, strict=True)
+        ]
+    )
+    images = images + noise * torch.randn(images.shape, generator=gen)
+    return LabelledImages(
+        images=images.round().clamp(0, 255).to(torch.uint8),
+        labels=torch.arange(n_classes).repeat_interleave(per_class),
+        class_names=tuple(f"class{c:03d}" for c in range(n_classes)),
+        name="patterns",
+    )
+
+
+@pytest.fixture
+def patterns() -> LabelledImages:
+    return make_pattern_images(n_classes=30, per_class=20)

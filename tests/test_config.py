@@ -1,0 +1,71 @@
+"""Typed configs: shipped YAML files load; bad keys, types and values are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metatl.config import ConfigError, RunConfig, load_config, parse_overrides
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+RUN_CONFIGS = [p for p in CONFIGS if "sweeps" not in p.parts]
+
+
+def test_configs_exist() -> None:
+    assert len(RUN_CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    config = load_config(path)
+    assert isinstance(config, RunConfig)
+    assert config.model.algorithm == "protonet" and config.data.dataset == "glyphs"
+
+
+def test_defaults_are_the_main_job() -> None:
+    assert load_config() == load_config(
+        Path(__file__).parents[1] / "configs/protonet_conv4_glyphs.yaml"
+    )
+
+
+def test_override_forms_agree() -> None:
+    a = load_config(None, ["optim.lr=0.0003", "test.shots=[1,5,10]"])
+    b = load_config(None, ["--optim.lr=0.0003", "--test.shots=[1,5,10]"])
+    c = load_config(None, ["--optim.lr", "0.0003", "--test.shots", "[1,5,10]"])
+    assert a == b == c
+    assert a.optim.lr == pytest.approx(3e-4) and a.test.shots == [1, 5, 10]
+    assert parse_overrides(["a=1", "--b=2", "--c", "3"]) == ["a=1", "b=2", "c=3"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            ["optim.learning_rate=1"],
+            "unknown config key 'optim.learning_rate'; keys here: optim.lr",
+        ),
+        (["bogus=1"], "unknown config key 'bogus'"),
+        (["train.steps=many"], "config key 'train.steps': Value 'many'"),
+        (["model.distance=manhattan"], "model.distance='manhattan' is not allowed; choose one of"),
+        (["episodes.way=0"], "episodes.way must be a positive integer"),
+        (["test.shots=[]"], "test.shots must be a non-empty list"),
+        (["--train.steps"], "has no value"),
+        (["steps"], "not of the form key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config(None, override)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: {lr: 0.1, betas: [0.9]}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'optim.betas'"):
+        load_config(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)

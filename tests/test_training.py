@@ -1,0 +1,138 @@
+"""Meta-training, evaluation and the train/evaluate entrypoints, end to end on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from episodes import EpisodeSpec, LabelledImages
+from metatl import evaluate as evaluate_cli
+from metatl import train as train_cli
+from metatl.algorithms import ProtoNet
+from metatl.backbones import create_backbone
+from metatl.config import load_config
+from metatl.tracking import read_jsonl
+from metatl.training import (
+    CheckpointError,
+    ImageTransform,
+    evaluate,
+    load_checkpoint,
+    save_checkpoint,
+)
+from tests.conftest import make_pattern_images
+
+TINY = [
+    "train.steps=40",
+    "train.val_every=20",
+    "train.val_episodes=20",
+    "train.log_every=10",
+    "episodes.way=5",
+    "episodes.shot=2",
+    "episodes.query=3",
+    "test.episodes=30",
+    "optim.lr=0.003",
+]
+
+
+def write_image_folder(root: Path, data: LabelledImages, split: str) -> None:
+    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        folder = root / split / data.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("patterns")
+    everything = make_pattern_images(n_classes=40, per_class=20, seed=1)
+    for split, classes in (("train", range(24)), ("val", range(24, 32)), ("test", range(32, 40))):
+        write_image_folder(root, everything.select_classes(list(classes)), split)
+    return root
+
+
+def test_evaluate_is_paired_and_seeded(patterns: LabelledImages) -> None:
+    torch.manual_seed(0)
+    net = ProtoNet(create_backbone("conv4", hidden=8))
+    pixels = ProtoNet(create_backbone("pixels"))
+    transform = ImageTransform(net.backbone.input_spec)
+    a = evaluate({"net": net, "pixels": pixels}, patterns, EpisodeSpec(5, 1, 5), 25, 11, transform)
+    b = evaluate({"pixels": pixels}, patterns, EpisodeSpec(5, 1, 5), 25, 11, transform)
+    assert a["pixels"].accuracies == b["pixels"].accuracies  # same episodes for every method
+    assert len(a["net"].accuracies) == 25 and 0.0 <= a["net"].mean <= 1.0
+    # Noisy shifted patterns: nearest class mean on pixels is well above chance (20%).
+    assert a["pixels"].mean > 0.6
+
+
+def test_train_cli_end_to_end(folder_dataset: Path, tmp_path: Path, capsys) -> None:
+    args = [
+        "data.dataset=image_folder",
+        f"data.root={folder_dataset}",
+        f"out_dir={tmp_path}",
+        "name=tiny",
+        *TINY,
+    ]
+    assert train_cli.main(args) == 0
+    run = tmp_path / "tiny"
+    out = capsys.readouterr().out
+    assert "| 5-way 1-shot |" in out and "| 5-way 5-shot |" in out and "pixels-ncm" in out
+    results = json.loads((run / "results.json").read_text())
+    assert set(results["test"]) == {"5-way 1-shot", "5-way 5-shot"}
+    learned = results["test"]["5-way 5-shot"]["protonet"]
+    assert learned["episodes"] == 30 and learned["accuracy"] > 0.6
+    assert results["best_val"]["step"] in (20, 40)
+    records = read_jsonl(run / "metrics.jsonl")
+    train_losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0]
+    assert sum("val/accuracy" in r for r in records) == 2
+    assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
+    assert load_config(run / "config.yaml").train.steps == 40
+
+    # The evaluate entrypoint reproduces the run's own test numbers on the same episodes.
+    assert evaluate_cli.main(["--checkpoint", str(run), "--shot", "5", "--episodes", "30"]) == 0
+    table = capsys.readouterr().out
+    assert f"{100 * learned['accuracy']:.2f} ± {100 * learned['ci95']:.2f}" in table
+
+    # A second run with the same name gets its own directory; nothing is overwritten.
+    assert train_cli.main([*args, "train.steps=2", "train.val_every=1", "test.shots=[1]"]) == 0
+    assert (tmp_path / "tiny-2" / "results.json").is_file()
+    assert json.loads((run / "results.json").read_text()) == results
+
+
+def test_cli_errors_are_one_line(folder_dataset: Path, tmp_path: Path, capsys) -> None:
+    assert train_cli.main(["optim.lrr=1"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown config key 'optim.lrr'; keys here: optim.lr, optim.weight_decay, "
+        "optim.lr_decay_every, optim.lr_decay"
+    )
+    assert (
+        train_cli.main(
+            [
+                "data.dataset=image_folder",
+                f"data.root={folder_dataset}",
+                f"out_dir={tmp_path}",
+                "episodes.way=30",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has 24 classes" in err and "n_way=30" in err
+    assert evaluate_cli.main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_checkpoints_are_atomic_and_corruption_is_named(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "best.pt", {"model": {"w": torch.ones(3)}, "step": 5})
+    assert load_checkpoint(tmp_path)["step"] == 5
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]  # no temporary left behind
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+    torch.save({"foo": 1}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a metatl checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
