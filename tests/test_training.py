@@ -86,7 +86,8 @@ def test_train_cli_end_to_end(folder_dataset: Path, tmp_path: Path, capsys) -> N
     assert results["best_val"]["step"] in (20, 40)
     records = read_jsonl(run / "metrics.jsonl")
     train_losses = [r["train/loss"] for r in records if "train/loss" in r]
-    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0]
+    assert len(train_losses) == 4 and all(0 <= loss < 2 for loss in train_losses)
+    assert [r["train/lr"] for r in records if "train/lr" in r] == [0.003] * 4
     assert sum("val/accuracy" in r for r in records) == 2
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
     assert load_config(run / "config.yaml").train.steps == 40

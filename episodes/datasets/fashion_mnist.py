@@ -1,0 +1,152 @@
+"""Reader for Fashion-MNIST (Xiao et al., 2017) IDX files, as Debian's package installs them.
+
+``apt-get install dataset-fashion-mnist`` puts
+``/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz``;
+the same names without ``.gz`` are read too. The IDX format is parsed here with numpy: a
+big-endian int32 magic (2051 for uint8 images of 3 dimensions, 2049 for uint8 labels of 1),
+then one big-endian int32 per dimension, then the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+
+from episodes.data import LabelledImages
+from episodes.datasets._decode import DatasetFormatError
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_ROOT",
+    "FashionMNISTSplit",
+    "load_fashion_mnist",
+    "read_idx",
+]
+
+FashionMNISTSplit = Literal["train", "test"]
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+_IMAGES_MAGIC = 2051
+_LABELS_MAGIC = 2049
+
+
+def load_fashion_mnist(
+    root: str | os.PathLike[str] = FASHION_MNIST_ROOT,
+    split: FashionMNISTSplit = "train",
+) -> LabelledImages:
+    """Load a Fashion-MNIST split (60,000 train or 10,000 test images, 28x28 greyscale).
+
+    Args:
+        root: Folder holding the four IDX files (gzip'd or not).
+        split: ``"train"`` (files ``train-*``) or ``"test"`` (files ``t10k-*``).
+
+    Returns:
+        ``LabelledImages`` with uint8 images ``[N, 1, 28, 28]``, int64 labels ``[N]`` and the
+        ten official class names, named ``"fashion-mnist/<split>"``.
+
+    Raises:
+        ValueError: ``split`` is not ``"train"`` or ``"test"``.
+        FileNotFoundError: A file is missing (the message says how to install it).
+        DatasetFormatError: A file is not valid IDX, or images and labels disagree.
+    """
+    if split not in get_args(FashionMNISTSplit):
+        raise ValueError(f"split must be one of {get_args(FashionMNISTSplit)}, got {split!r}")
+    root = Path(root)
+    prefix = "train" if split == "train" else "t10k"
+    images_path = _find(root, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find(root, f"{prefix}-labels-idx1-ubyte")
+    images = read_idx(images_path, _IMAGES_MAGIC)
+    labels = read_idx(labels_path, _LABELS_MAGIC)
+    if images.shape[0] != labels.shape[0]:
+        raise DatasetFormatError(
+            f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
+            f"{labels.shape[0]} labels"
+        )
+    if labels.size and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise DatasetFormatError(f"{labels_path}: label {int(labels.max())} is out of range 0..9")
+    return LabelledImages(
+        images=torch.from_numpy(images).unsqueeze(1),
+        labels=torch.from_numpy(labels.astype(np.int64)),
+        class_names=FASHION_MNIST_CLASSES,
+        name=f"fashion-mnist/{split}",
+    )
+
+
+def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
+    """Read a uint8 IDX file (optionally gzip'd, by its ``.gz`` suffix) into a numpy array.
+
+    Args:
+        path: The file.
+        magic: The expected magic number: 2051 for images ``[N, H, W]``, 2049 for labels
+            ``[N]`` (``0x0800 + number of dimensions``; only uint8 data are supported).
+
+    Returns:
+        A writable uint8 array whose shape is the dimensions stored in the header.
+
+    Raises:
+        ValueError: ``magic`` is not that of a uint8 IDX file.
+        DatasetFormatError: Wrong magic number, truncated header, or a data size that does
+            not match the header.
+    """
+    if not 0x0801 <= magic <= 0x08FF:
+        raise ValueError(f"magic must be 0x0800 + ndim for uint8 IDX data, got {magic}")
+    path = Path(path)
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as handle:
+                data = handle.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise DatasetFormatError(f"cannot read IDX file {path}: {exc}") from exc
+    ndim = magic - 0x0800
+    header_size = 4 * (1 + ndim)
+    if len(data) < header_size:
+        raise DatasetFormatError(
+            f"{path} is {len(data)} bytes, too short for an IDX header of {header_size} bytes"
+        )
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DatasetFormatError(
+            f"{path}: IDX magic number is {found}, expected {magic}; the file is not the "
+            "expected IDX file, or is corrupt"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
+    expected = header_size + int(np.prod(dims))
+    if len(data) != expected:
+        raise DatasetFormatError(
+            f"{path}: header says dimensions {dims} ({expected} bytes with the header), "
+            f"but the file holds {len(data)} bytes"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims).copy()
+
+
+def _find(root: Path, stem: str) -> Path:
+    """``root/stem`` if present, else ``root/stem.gz``."""
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"Fashion-MNIST file {root / stem}.gz (or {stem} uncompressed) not found; on Debian/"
+        "Ubuntu run `apt-get install dataset-fashion-mnist`, which installs it under "
+        f"{FASHION_MNIST_ROOT}, or pass root= the folder holding the IDX files"
+    )
