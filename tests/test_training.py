@@ -98,7 +98,12 @@ def test_train_cli_end_to_end(folder_dataset: Path, tmp_path: Path, capsys) -> N
     assert f"{100 * learned['accuracy']:.2f} ± {100 * learned['ci95']:.2f}" in table
 
     # A second run with the same name gets its own directory; nothing is overwritten.
-    assert train_cli.main([*args, "train.steps=2", "train.val_every=1", "test.shots=[1]"]) == 0
+    assert (
+        train_cli.main(
+            [*args, "train.steps=2", "train.val_every=1", "train.meta_batch=2", "test.shots=[1]"]
+        )
+        == 0
+    )
     assert (tmp_path / "tiny-2" / "results.json").is_file()
     assert json.loads((run / "results.json").read_text()) == results
 
@@ -137,3 +142,16 @@ def test_checkpoints_are_atomic_and_corruption_is_named(tmp_path: Path) -> None:
     torch.save({"foo": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a metatl checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+
+
+def test_image_transform_normalises_replicates_and_resizes() -> None:
+    from metatl.backbones import InputSpec
+
+    grey = torch.tensor([[0, 255], [255, 0]], dtype=torch.uint8).view(1, 1, 2, 2)
+    same = ImageTransform(InputSpec(1, 2, (0.5,), (0.25,)))(grey)
+    assert same.tolist() == [[[[-2.0, 2.0], [2.0, -2.0]]]]
+    rgb = ImageTransform(InputSpec(3, 4, (0.0, 0.5, 1.0), (1.0, 1.0, 1.0)))(grey.expand(2, 1, 2, 2))
+    assert rgb.shape == (2, 3, 4, 4)
+    assert torch.allclose(rgb[:, 1], rgb[:, 0] - 0.5) and torch.allclose(rgb[:, 2], rgb[:, 0] - 1)
+    with pytest.raises(ValueError, match="images have 3 channels but the backbone expects 1"):
+        ImageTransform(InputSpec(1, 2, (0.5,), (0.5,)))(torch.zeros(1, 3, 2, 2, dtype=torch.uint8))

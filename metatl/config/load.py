@@ -26,6 +26,7 @@ POSITIVE = (
     "episodes.shot",
     "episodes.query",
     "train.steps",
+    "train.meta_batch",
     "train.log_every",
     "train.val_every",
     "train.val_episodes",

@@ -72,6 +72,7 @@ class TrainConfig:
     """Meta-training length, logging and periodic validation on a fixed episode set."""
 
     steps: int = 6000
+    meta_batch: int = 1
     log_every: int = 50
     val_every: int = 500
     val_episodes: int = 300

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F  # noqa: N812
 
 from episodes import LabelledImages
 from metatl.backbones import InputSpec
@@ -56,9 +57,11 @@ def _omniglot_split(root: Path, split: str, size: int) -> LabelledImages:
 
 
 class ImageTransform:
-    """uint8 ``[B, C, H, W]`` -> normalised float ``[B, C', H, W]`` for a backbone.
+    """uint8 ``[B, C, H, W]`` -> normalised float ``[B, C', S, S]`` for a backbone.
 
-    Grey images fed to an RGB backbone are replicated over channels. Picklable, so that
+    Grey images fed to an RGB backbone are replicated over channels; images of another size
+    than the backbone expects (``S = spec.size``) are resized (bilinear, antialiased), per
+    episode, so that a small cache can feed a large pretrained network. Picklable, so that
     DataLoader workers can run it.
 
     Args:
@@ -67,11 +70,16 @@ class ImageTransform:
 
     def __init__(self, spec: InputSpec) -> None:
         self.channels = spec.channels
+        self.size = spec.size
         self.mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
         self.std = torch.tensor(spec.std).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div_(255.0)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+            )
         if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] != self.channels:

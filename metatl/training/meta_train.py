@@ -75,8 +75,13 @@ def meta_train(
     tcfg, ecfg = config.train, config.episodes
     device = torch.device(config.device)
     transform = ImageTransform(learner.backbone.input_spec)
+    meta_batch = tcfg.meta_batch
     train_episodes = EpisodeDataset.from_spec(
-        train_data, EpisodeSpec(ecfg.way, ecfg.shot, ecfg.query), config.seed, tcfg.steps, transform
+        train_data,
+        EpisodeSpec(ecfg.way, ecfg.shot, ecfg.query),
+        config.seed,
+        tcfg.steps * meta_batch,
+        transform,
     )
     loader = DataLoader(
         train_episodes,
@@ -94,17 +99,23 @@ def meta_train(
     best = {"accuracy": -1.0, "ci95": 0.0, "step": 0}
     window: list[dict[str, float]] = []
     window_start = time.perf_counter()
-    bar = tqdm(loader, total=tcfg.steps, desc="meta-train", unit="ep", dynamic_ncols=True)
-    for step, episode in enumerate(bar, start=1):
+    episodes = iter(loader)
+    bar = tqdm(range(1, tcfg.steps + 1), desc="meta-train", unit="step", dynamic_ncols=True)
+    for step in bar:
         learner.train()
-        loss, metrics = learner.loss(episode.to(device))
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(
-                f"loss is {metrics['loss']} at step {step}; the last good model is "
-                f"{run_dir / 'best.pt'} (try a lower optim.lr)"
-            )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # A meta-batch: the mean loss over several episodes, one episode's graph at a time.
+        metrics = {"loss": 0.0, "accuracy": 0.0}
+        for _ in range(meta_batch):
+            loss, episode_metrics = learner.loss(next(episodes).to(device))
+            if not math.isfinite(episode_metrics["loss"]):
+                raise NonFiniteLossError(
+                    f"loss is {episode_metrics['loss']} at step {step}; the last good model is "
+                    f"{run_dir / 'best.pt'} (try a lower optim.lr)"
+                )
+            (loss / meta_batch).backward()
+            for key in metrics:
+                metrics[key] += episode_metrics[key] / meta_batch
         optimizer.step()
         scheduler.step()
         window.append(metrics)
@@ -115,7 +126,7 @@ def meta_train(
                 "train/accuracy": sum(m["accuracy"] for m in window) / len(window),
                 "train/lr": scheduler.get_last_lr()[0],
                 "train/step_time_s": elapsed / len(window),
-                "train/episodes_per_s": len(window) / elapsed,
+                "train/episodes_per_s": len(window) * meta_batch / elapsed,
             }
             tracker.log(logged, step)
             bar.set_postfix(
