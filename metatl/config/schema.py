@@ -53,6 +53,11 @@ class ModelConfig:
 
     algorithm: str = "protonet"
     backbone: str = "conv4"
+    # "" = fresh initialisation; else a torchvision weight name (IMAGENET1K_V1, DEFAULT), a
+    # weights file, or a metatl checkpoint whose backbone is reused.
+    pretrained: str = ""
+    # Backbone input size; 0 = data.image_size. Episodes are resized to it on the fly.
+    input_size: int = 0
     distance: str = "sqeuclidean"
     cosine_scale: float = 10.0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from metatl.algorithms import Learner, ProtoNet
-from metatl.backbones import create_backbone
+from metatl.backbones import WeightsError, create_backbone
 from metatl.config import ConfigError, ModelConfig
 
 __all__ = ["build_learner"]
@@ -17,7 +17,15 @@ def build_learner(config: ModelConfig, in_channels: int, image_size: int) -> Lea
         in_channels: Channels of the data (the backbone's input channels).
         image_size: Height and width the data are loaded at.
     """
-    backbone = create_backbone(config.backbone, in_channels=in_channels, image_size=image_size)
+    try:
+        backbone = create_backbone(
+            config.backbone,
+            pretrained=config.pretrained or None,
+            in_channels=in_channels,
+            image_size=config.input_size or image_size,
+        )
+    except WeightsError as err:
+        raise ConfigError(f"model.pretrained={config.pretrained!r}: {err}") from None
     if config.algorithm == "protonet":
         return ProtoNet(backbone, distance=config.distance, cosine_scale=config.cosine_scale)  # type: ignore[arg-type]
     raise ConfigError(f"model.algorithm={config.algorithm!r} has no builder")
