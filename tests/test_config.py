@@ -20,7 +20,8 @@ def test_configs_exist() -> None:
 def test_every_shipped_config_loads(path: Path) -> None:
     config = load_config(path)
     assert isinstance(config, RunConfig)
-    assert config.model.algorithm == "protonet" and config.data.dataset == "glyphs"
+    assert config.data.dataset == "glyphs"
+    assert config.model.algorithm in ("protonet", "maml", "fomaml", "anil", "metasgd")
 
 
 def test_defaults_are_the_main_job() -> None:
@@ -51,6 +52,12 @@ def test_override_forms_agree() -> None:
         (["episodes.way=0"], "episodes.way must be a positive integer"),
         (["test.shots=[]"], "test.shots must be a non-empty list"),
         (["--train.steps"], "has no value"),
+        (["model.maml.adapt=top:0"], "model.maml.adapt='top:0' is not allowed"),
+        (["model.maml.bn=batch"], "model.maml.bn='batch' is not allowed"),
+        (
+            ["model.algorithm=maml", "model.maml.head=learned", "episodes.way=20"],
+            "model.maml.head=learned fixes the way",
+        ),
         (["steps"], "not of the form key=value"),
     ],
 )

@@ -108,6 +108,39 @@ def test_train_cli_end_to_end(folder_dataset: Path, tmp_path: Path, capsys) -> N
     assert json.loads((run / "results.json").read_text()) == results
 
 
+@pytest.mark.parametrize(
+    "algorithm, extra",
+    [("anil", ["model.maml.head=learned"]), ("fomaml", ["model.maml.inner_steps=2"])],
+)
+def test_maml_family_trains_from_the_cli(
+    folder_dataset: Path, tmp_path: Path, algorithm: str, extra: list[str]
+) -> None:
+    args = [
+        "data.dataset=image_folder",
+        f"data.root={folder_dataset}",
+        f"out_dir={tmp_path}",
+        "name=maml",
+        f"model.algorithm={algorithm}",
+        "train.steps=20",
+        "train.val_every=10",
+        "train.val_episodes=10",
+        "train.meta_batch=2",
+        "episodes.way=5",
+        "episodes.shot=1",
+        "episodes.query=3",
+        "test.episodes=10",
+        "test.shots=[1]",
+        "model.maml.test_inner_steps=2",
+        "test.pixel_baseline=false",
+        *extra,
+    ]
+    assert train_cli.main(args) == 0
+    results = json.loads((tmp_path / "maml" / "results.json").read_text())
+    assert results["test"]["5-way 1-shot"][algorithm]["accuracy"] > 0.3  # chance is 0.2
+    state = load_checkpoint(tmp_path / "maml")["model"]
+    assert ("head.weight" in state) == ("model.maml.head=learned" in extra)
+
+
 def test_cli_errors_are_one_line(folder_dataset: Path, tmp_path: Path, capsys) -> None:
     assert train_cli.main(["optim.lrr=1"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -47,6 +47,14 @@ class Backbone(nn.Module):
     def blocks(self) -> list[nn.Module]:
         return [self]
 
+    def forward_tail(self, h: torch.Tensor) -> torch.Tensor:
+        """What ``forward`` does after the last of ``blocks`` (parameter-free).
+
+        ``forward(x)`` must equal running ``blocks`` in order, then this; layer-wise
+        adaptation relies on it to run the top blocks on cached trunk features.
+        """
+        return h.flatten(1)
+
     def extra_repr(self) -> str:
         return f"out_dim={self.out_dim}, input={self.input_spec}"
 

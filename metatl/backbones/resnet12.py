@@ -77,9 +77,12 @@ class ResNet12(Backbone):
     def blocks(self) -> list[nn.Module]:
         return list(self.stages)
 
+    def forward_tail(self, h: torch.Tensor) -> torch.Tensor:
+        return self.pool(h).flatten(1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W] -> [B, out_dim]``."""
-        return self.pool(self.stages(x)).flatten(1)
+        return self.forward_tail(self.stages(x))
 
 
 @register_backbone("resnet12")

@@ -10,6 +10,7 @@ from metatl.config.load import (
 from metatl.config.schema import (
     DataConfig,
     EpisodesConfig,
+    MAMLConfig,
     ModelConfig,
     OptimConfig,
     RunConfig,
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EpisodesConfig",
+    "MAMLConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ __all__ = ["ConfigError", "config_to_dict", "load_config", "parse_overrides"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet"),
-    "model.algorithm": ("protonet",),
+    "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd"),
+    "model.maml.head": ("zero", "learned"),
+    "model.maml.bn": ("transductive", "running"),
     "model.distance": ("sqeuclidean", "cosine"),
 }
 POSITIVE = (
@@ -119,6 +122,20 @@ def validate(config: RunConfig) -> None:
     for key in ("optim.lr",):
         if values[key] <= 0:
             raise ConfigError(f"{key} must be > 0, got {values[key]}")
+    maml = config.model.maml
+    if not re.fullmatch(r"all|head|top:[1-9]\d*", maml.adapt):
+        raise ConfigError(f"model.maml.adapt={maml.adapt!r} is not allowed; use all, head or top:N")
+    if maml.inner_steps < 0 or maml.test_inner_steps < 0 or maml.inner_lr <= 0:
+        raise ConfigError(
+            "model.maml.inner_steps and test_inner_steps must be >= 0 and inner_lr > 0, got "
+            f"{maml.inner_steps}, {maml.test_inner_steps}, {maml.inner_lr}"
+        )
+    ways = (config.episodes.way, config.train.val_way, config.test.way)
+    if config.model.algorithm != "protonet" and maml.head == "learned" and len(set(ways)) > 1:
+        raise ConfigError(
+            "model.maml.head=learned fixes the way: episodes.way, train.val_way and test.way "
+            f"must be equal, got {ways[0]}, {ways[1]}, {ways[2]} (or use model.maml.head=zero)"
+        )
     if config.episodes.way < 2 or config.test.way < 2 or config.train.val_way < 2:
         raise ConfigError("episodes.way, train.val_way and test.way must be at least 2")
 

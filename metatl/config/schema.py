@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "DataConfig",
     "EpisodesConfig",
+    "MAMLConfig",
     "ModelConfig",
     "OptimConfig",
     "RunConfig",
@@ -48,6 +49,21 @@ class EpisodesConfig:
 
 
 @dataclass(frozen=True)
+class MAMLConfig:
+    """The MAML family: ``model.algorithm`` maml, fomaml (first_order), anil (adapt=head) or
+    metasgd (meta_sgd); the named variant forces its setting."""
+
+    inner_steps: int = 1
+    test_inner_steps: int = 10
+    inner_lr: float = 0.4
+    first_order: bool = False
+    adapt: str = "all"  # all | head | top:N
+    head: str = "zero"  # zero (fresh per episode, any way) | learned (fixes the way)
+    bn: str = "transductive"  # transductive | running
+    meta_sgd: bool = False
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The learner and its backbone."""
 
@@ -60,6 +76,7 @@ class ModelConfig:
     input_size: int = 0
     distance: str = "sqeuclidean"
     cosine_scale: float = 10.0
+    maml: MAMLConfig = field(default_factory=MAMLConfig)
 
 
 @dataclass(frozen=True)

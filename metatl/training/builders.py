@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
-from metatl.algorithms import Learner, ProtoNet
+import dataclasses
+
+from metatl.algorithms import MAML, MAML_VARIANTS, Learner, ProtoNet
 from metatl.backbones import WeightsError, create_backbone
 from metatl.config import ConfigError, ModelConfig
 
 __all__ = ["build_learner"]
 
 
-def build_learner(config: ModelConfig, in_channels: int, image_size: int) -> Learner:
+def build_learner(
+    config: ModelConfig, in_channels: int, image_size: int, n_way: int | None = None
+) -> Learner:
     """The configured learner on a freshly initialised backbone.
 
     Args:
         config: The model section of the run config.
         in_channels: Channels of the data (the backbone's input channels).
         image_size: Height and width the data are loaded at.
+        n_way: Episode way, for learners with a fixed-size learned head.
     """
     try:
         backbone = create_backbone(
@@ -28,4 +33,7 @@ def build_learner(config: ModelConfig, in_channels: int, image_size: int) -> Lea
         raise ConfigError(f"model.pretrained={config.pretrained!r}: {err}") from None
     if config.algorithm == "protonet":
         return ProtoNet(backbone, distance=config.distance, cosine_scale=config.cosine_scale)  # type: ignore[arg-type]
+    if config.algorithm in MAML_VARIANTS:
+        settings = dataclasses.asdict(config.maml) | MAML_VARIANTS[config.algorithm]
+        return MAML(backbone, n_way=n_way if config.maml.head == "learned" else None, **settings)
     raise ConfigError(f"model.algorithm={config.algorithm!r} has no builder")

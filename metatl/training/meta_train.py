@@ -195,7 +195,9 @@ def run_experiment(config: RunConfig) -> RunResult:
         train_data = load_split(config.data, config.data.train_split)
         val_data = load_split(config.data, config.data.val_split)
         channels, size, _ = train_data.image_shape
-        learner = build_learner(config.model, channels, size).to(config.device)
+        learner = build_learner(config.model, channels, size, n_way=config.episodes.way).to(
+            config.device
+        )
         logger.info(
             "run directory %s; %d train classes, %d validation classes",
             run_dir,
