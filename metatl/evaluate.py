@@ -1,4 +1,5 @@
-"""``python -m metatl.evaluate --checkpoint RUN_DIR [--way 5 --shot 1 5 --episodes 600]``."""
+"""``python -m metatl.evaluate --checkpoint RUN_DIR [--methods protonet linear finetune]
+[--way 5 --shot 1 5 --episodes 600] [key=value ...]``."""
 
 from __future__ import annotations
 
@@ -8,19 +9,42 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from metatl.cli import run_main
-from metatl.config import config_from_dict
-from metatl.training import build_learner, format_table, load_checkpoint, load_split, test_learner
+from metatl.config import ConfigError, RunConfig, config_from_dict, parse_overrides
+from metatl.training import build_learner, load_checkpoint, load_split
+from metatl.training.evaluation import (
+    default_methods,
+    evaluate_methods,
+    format_paired_table,
+    format_table,
+    list_methods,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m metatl.evaluate",
-        description="Evaluate a checkpoint on fixed seeded test episodes: accuracy ± 95%% CI "
-        "per setting, next to the raw-pixel nearest-class-mean baseline.",
+        description="Evaluate a checkpoint on fixed seeded test episodes: accuracy ± 95% CI "
+        "per setting for each method, all on the same episodes, and the paired differences "
+        "between methods.",
+        epilog="Overrides: dotted config keys applied to the checkpoint's config, e.g. "
+        "finetune.n_blocks=2 or --test.query=5 (once the schema has those sections).",
     )
     parser.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="methods built on the checkpoint's backbone: its own algorithm or any of "
+        f"{', '.join(list_methods())} (default: its own algorithm, and pixels unless "
+        "--no-pixel-baseline)",
+    )
     parser.add_argument("--way", type=int, help="classes per episode (default: the run's)")
     parser.add_argument("--shot", type=int, nargs="+", help="one or more shot counts")
     parser.add_argument("--query", type=int, help="queries per class")
@@ -30,11 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", help="dataset root, if it moved since training")
     parser.add_argument("--no-pixel-baseline", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)
+    # `--methods a b key=value`: nargs="+" swallows the overrides that follow the names.
+    methods = [m for m in args.methods or [] if "=" not in m]
+    overrides += [m for m in args.methods or [] if "=" in m]
 
     def body() -> int:
         checkpoint = load_checkpoint(args.checkpoint)
-        config = config_from_dict(checkpoint["config"])
+        config = _with_overrides(checkpoint["config"], overrides)
         test = dataclasses.replace(
             config.test,
             **{
@@ -58,20 +85,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = dataclasses.replace(config, test=test, data=data)
         split = load_split(config.data, args.split or config.data.test_split)
         channels, size, _ = split.image_shape
-        learner = build_learner(config.model, channels, size)
+        # The checkpoint holds every weight: no need to resolve model.pretrained again.
+        model = dataclasses.replace(config.model, pretrained="")
+        learner = build_learner(model, channels, size, n_way=config.episodes.way)
         learner.load_state_dict(checkpoint["model"])
-        table = test_learner(learner, split, config)
+        names = methods or default_methods(config)
+        table = evaluate_methods(names, learner, split, config)
         print(
             f"\n{split.name}: {split.num_classes} classes, {config.test.episodes} episodes per "
             f"setting, {config.test.query} queries per class\n"
         )
         print(format_table(table))
+        paired = format_paired_table(table)
+        if paired:
+            print("\nPaired differences (percentage points, mean ± 95% CI over the episodes):\n")
+            print(paired)
         if args.json:
             summary = {s: {m: r.summary() for m, r in rows.items()} for s, rows in table.items()}
             args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
         return 0
 
     return run_main(body)
+
+
+def _with_overrides(values: dict[str, Any], overrides: Sequence[str]) -> RunConfig:
+    """The checkpoint's config with ``key=value`` overrides applied, validated."""
+    if overrides:
+        try:
+            merged = OmegaConf.merge(values, OmegaConf.from_dotlist(parse_overrides(overrides)))
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            reason = " ".join(str(err).split())  # one line
+            raise ConfigError(f"cannot apply overrides {' '.join(overrides)}: {reason}") from None
+        values = OmegaConf.to_container(merged)  # type: ignore[assignment]
+    return config_from_dict(values)
 
 
 if __name__ == "__main__":

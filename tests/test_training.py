@@ -78,7 +78,7 @@ def test_train_cli_end_to_end(folder_dataset: Path, tmp_path: Path, capsys) -> N
     assert train_cli.main(args) == 0
     run = tmp_path / "tiny"
     out = capsys.readouterr().out
-    assert "| 5-way 1-shot |" in out and "| 5-way 5-shot |" in out and "pixels-ncm" in out
+    assert "| 5-way 1-shot |" in out and "| 5-way 5-shot |" in out and "pixels" in out
     results = json.loads((run / "results.json").read_text())
     assert set(results["test"]) == {"5-way 1-shot", "5-way 5-shot"}
     learned = results["test"]["5-way 5-shot"]["protonet"]

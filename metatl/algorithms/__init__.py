@@ -1,6 +1,8 @@
 """Few-shot learners, one per module, all on the :class:`Learner` contract."""
 
 from metatl.algorithms.base import Learner
+from metatl.algorithms.finetune import FineTune, FineTuneState
+from metatl.algorithms.linear_probe import LinearHead, LinearProbe
 from metatl.algorithms.maml import ANIL, FOMAML, MAML, MAML_VARIANTS, MAMLState, MetaSGD
 from metatl.algorithms.protonet import ProtoNet, PrototypeState
 
@@ -9,7 +11,11 @@ __all__ = [
     "FOMAML",
     "MAML",
     "MAML_VARIANTS",
+    "FineTune",
+    "FineTuneState",
     "Learner",
+    "LinearHead",
+    "LinearProbe",
     "MAMLState",
     "MetaSGD",
     "ProtoNet",

@@ -10,6 +10,8 @@ from metatl.config.load import (
 from metatl.config.schema import (
     DataConfig,
     EpisodesConfig,
+    FineTuneConfig,
+    LinearProbeConfig,
     MAMLConfig,
     ModelConfig,
     OptimConfig,
@@ -22,6 +24,8 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EpisodesConfig",
+    "FineTuneConfig",
+    "LinearProbeConfig",
     "MAMLConfig",
     "ModelConfig",
     "OptimConfig",

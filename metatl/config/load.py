@@ -21,6 +21,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd"),
     "model.maml.head": ("zero", "learned"),
     "model.maml.bn": ("transductive", "running"),
+    "linear_probe.normalize": ("none", "l2", "center", "center_l2"),
+    "finetune.normalize": ("none", "l2", "center", "center_l2"),
+    "finetune.batch_norm": ("frozen", "adapt"),
+    "finetune.optimizer": ("sgd", "adam"),
     "model.distance": ("sqeuclidean", "cosine"),
 }
 POSITIVE = (

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 __all__ = [
     "DataConfig",
     "EpisodesConfig",
+    "FineTuneConfig",
+    "LinearProbeConfig",
     "MAMLConfig",
     "ModelConfig",
     "OptimConfig",
@@ -80,6 +82,30 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class LinearProbeConfig:
+    """The ``linear`` method: logistic regression on frozen features, per episode."""
+
+    normalize: str = "l2"  # none | l2 | center | center_l2
+    weight_decay: float = 1e-3
+    max_iter: int = 100
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """The ``finetune`` method: a head, then the top ``n_blocks`` blocks (-1: all)."""
+
+    n_blocks: int = 1
+    steps: int = 50
+    head_lr: float = 1e-2
+    backbone_lr: float = 1e-3
+    weight_decay: float = 1e-3
+    normalize: str = "l2"  # none | l2 | center | center_l2
+    head_iters: int = 100
+    batch_norm: str = "frozen"  # frozen | adapt
+    optimizer: str = "sgd"  # sgd | adam
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """Outer-loop optimiser (Adam) and step decay of its learning rate."""
 
@@ -113,6 +139,8 @@ class TestConfig:
     query: int = 15
     episodes: int = 600
     seed: int = 3
+    # Scored on the same episodes as the trained learner (e.g. linear, finetune, protonet).
+    methods: list[str] = field(default_factory=list)
     pixel_baseline: bool = True
 
 
@@ -126,6 +154,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     seed: int = 0
     device: str = "cpu"
     out_dir: str = "runs"

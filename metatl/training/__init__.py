@@ -3,13 +3,23 @@
 from metatl.training.builders import build_learner
 from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metatl.training.data import ImageTransform, load_split
-from metatl.training.evaluation import EvalResult, evaluate, format_table
+from metatl.training.evaluation import (
+    EvalResult,
+    UnknownMethodError,
+    default_methods,
+    evaluate,
+    evaluate_methods,
+    format_paired_table,
+    format_table,
+    list_methods,
+    paired_difference,
+    register_method,
+)
 from metatl.training.meta_train import (
     NonFiniteLossError,
     RunResult,
     meta_train,
     run_experiment,
-    test_learner,
 )
 
 __all__ = [
@@ -18,13 +28,19 @@ __all__ = [
     "ImageTransform",
     "NonFiniteLossError",
     "RunResult",
+    "UnknownMethodError",
     "build_learner",
+    "default_methods",
     "evaluate",
+    "evaluate_methods",
+    "format_paired_table",
     "format_table",
+    "list_methods",
     "load_checkpoint",
     "load_split",
     "meta_train",
+    "paired_difference",
+    "register_method",
     "run_experiment",
     "save_checkpoint",
-    "test_learner",
 ]

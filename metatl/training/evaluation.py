@@ -1,18 +1,54 @@
-"""Evaluation on fixed, seeded episode sets: every method scored on the same episodes."""
+"""Evaluation on fixed, seeded episode sets: every method scored on the same episodes.
+
+Methods are looked up by name in a small registry, each built on the backbone of the
+learner being evaluated (usually a checkpoint's): ``protonet`` (nearest class mean on its
+features), ``linear`` (:class:`LinearProbe`), ``finetune`` (:class:`FineTune`) and
+``maml`` (test-time MAML adaptation) and ``pixels`` (nearest class mean on raw pixels). A
+name equal to the checkpoint's ``model.algorithm`` is the checkpoint learner itself. To add a
+method::
+
+    from metatl.training.evaluation import register_method
+
+    @register_method("knn")
+    def _knn(learner: Learner, config: RunConfig) -> Learner:
+        return MyKNN(learner.backbone)  # builds on the backbone, never modifies it
+
+After that, ``python -m metatl.evaluate --methods protonet knn linear`` scores it on the same
+episodes as the rest.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+import itertools
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
 
 from episodes import EpisodeDataset, EpisodeSpec, LabelledImages
-from metatl.algorithms import Learner
+from metatl.algorithms import MAML, FineTune, Learner, LinearProbe, ProtoNet
+from metatl.backbones import create_backbone
+from metatl.config import RunConfig
 from metatl.functional import accuracy, mean_confidence_interval
+from metatl.training.data import ImageTransform
 
-__all__ = ["EvalResult", "evaluate", "format_table"]
+__all__ = [
+    "EvalResult",
+    "MethodBuilder",
+    "UnknownMethodError",
+    "build_methods",
+    "default_methods",
+    "evaluate",
+    "evaluate_methods",
+    "format_paired_table",
+    "format_table",
+    "list_methods",
+    "paired_difference",
+    "register_method",
+]
 
 
 @dataclass(frozen=True)
@@ -23,16 +59,19 @@ class EvalResult:
         accuracies: Per-episode query accuracy, in episode order (for paired tests).
         mean: Mean accuracy over episodes.
         ci95: Half-width of the 95% confidence interval of the mean.
+        episode_set: Identifies the episodes (data, shape, seed, count) when :func:`evaluate`
+            made the result; :func:`paired_difference` refuses to pair different sets.
     """
 
     accuracies: tuple[float, ...]
     mean: float
     ci95: float
+    episode_set: str = ""
 
     @classmethod
-    def from_accuracies(cls, values: list[float]) -> EvalResult:
-        mean, ci = mean_confidence_interval(values)
-        return cls(tuple(values), mean, ci)
+    def from_accuracies(cls, values: Sequence[float], episode_set: str = "") -> EvalResult:
+        mean, ci = mean_confidence_interval(list(values))
+        return cls(tuple(values), mean, ci, episode_set)
 
     def summary(self) -> dict[str, float]:
         return {"accuracy": self.mean, "ci95": self.ci95, "episodes": len(self.accuracies)}
@@ -78,7 +117,31 @@ def evaluate(
             with torch.set_grad_enabled(learner.needs_grad_to_adapt):
                 logits = learner(episode)
             per_method[name].append(float(accuracy(logits, episode.query_y)))
-    return {name: EvalResult.from_accuracies(v) for name, v in per_method.items()}
+    episode_set = (
+        f"{data.name} ({data.num_classes} classes), {spec}, seed {seed}, {num_episodes} episodes"
+    )
+    return {name: EvalResult.from_accuracies(v, episode_set) for name, v in per_method.items()}
+
+
+def paired_difference(a: EvalResult, b: EvalResult) -> tuple[float, float]:
+    """Mean and 95% half-width of the per-episode accuracy differences ``a - b``.
+
+    The paired interval: ``1.96 * std(d) / sqrt(n)`` over ``d_i = a_i - b_i``, far narrower
+    than the two separate intervals when both methods find the same episodes hard.
+
+    Raises:
+        ValueError: If the results are not on the same episode set.
+    """
+    if len(a.accuracies) != len(b.accuracies) or (
+        a.episode_set and b.episode_set and a.episode_set != b.episode_set
+    ):
+        raise ValueError(
+            "paired_difference needs results on the same episodes; got "
+            f"{len(a.accuracies)} episodes of {a.episode_set or 'an unnamed set'} and "
+            f"{len(b.accuracies)} of {b.episode_set or 'an unnamed set'}"
+        )
+    differences = [x - y for x, y in zip(a.accuracies, b.accuracies, strict=True)]
+    return mean_confidence_interval(differences)
 
 
 def format_table(rows: Mapping[str, Mapping[str, EvalResult]]) -> str:
@@ -95,3 +158,165 @@ def format_table(rows: Mapping[str, Mapping[str, EvalResult]]) -> str:
         ]
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_paired_table(
+    rows: Mapping[str, Mapping[str, EvalResult]], reference: str | None = None
+) -> str:
+    """A Markdown table of paired differences in percentage points: one row per pair of
+    methods, one column per setting.
+
+    Each cell is ``a − b`` as ``mean ± ci`` over the per-episode differences (see
+    :func:`paired_difference`). Pairs are every two methods, in the column order of
+    :func:`format_table`, or with ``reference`` each other method against it. Empty when
+    there are fewer than two methods.
+    """
+    methods = list(dict.fromkeys(m for r in rows.values() for m in r))
+    if reference is None:
+        pairs = list(itertools.combinations(methods, 2))
+    elif reference not in methods:
+        raise ValueError(f"reference method '{reference}' is not among {', '.join(methods)}")
+    else:
+        pairs = [(m, reference) for m in methods if m != reference]
+    if not pairs:
+        return ""
+    lines = [
+        "| difference | " + " | ".join(rows) + " |",
+        "| --- | " + " | ".join("---" for _ in rows) + " |",
+    ]
+    for a, b in pairs:
+        cells = []
+        for results in rows.values():
+            if a in results and b in results:
+                mean, ci = paired_difference(results[a], results[b])
+                cells.append(f"{100 * mean:+.2f} ± {100 * ci:.2f}")
+            else:
+                cells.append("-")
+        lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---- the method registry -------------------------------------------------------------------
+
+MethodBuilder = Callable[[Learner, RunConfig], Learner]
+"""``(checkpoint learner, run config) -> learner``, built on ``learner.backbone``."""
+
+_METHODS: dict[str, MethodBuilder] = {}
+
+
+class UnknownMethodError(ValueError):
+    """A method name is neither registered nor the checkpoint's own algorithm."""
+
+
+def register_method(name: str) -> Callable[[MethodBuilder], MethodBuilder]:
+    """Decorator: register a builder as evaluation method ``name``.
+
+    ``register_method("x")(builder)`` registers without decorating. A builder gets the
+    evaluated learner and the run config, and builds on ``learner.backbone`` without
+    modifying it. A name registered twice warns and the later builder wins.
+    """
+
+    def add(builder: MethodBuilder) -> MethodBuilder:
+        if name in _METHODS:
+            warnings.warn(f"evaluation method '{name}' registered twice", stacklevel=2)
+        _METHODS[name] = builder
+        return builder
+
+    return add
+
+
+def list_methods() -> list[str]:
+    """Registered method names, sorted."""
+    return sorted(_METHODS)
+
+
+def build_methods(names: Sequence[str], learner: Learner, config: RunConfig) -> dict[str, Learner]:
+    """Method name -> learner, in the order given (duplicates dropped).
+
+    A name equal to ``config.model.algorithm`` is ``learner`` itself; any other is built by
+    its registered builder on ``learner``'s backbone.
+
+    Raises:
+        UnknownMethodError: For a name that is neither (the message lists the known ones).
+    """
+    own = config.model.algorithm
+    unknown = [n for n in names if n != own and n not in _METHODS]
+    if unknown:
+        known = ", ".join(dict.fromkeys([own, *list_methods()]))
+        raise UnknownMethodError(
+            f"unknown evaluation method {', '.join(map(repr, unknown))}; choose from: {known}"
+        )
+    return {n: learner if n == own else _METHODS[n](learner, config) for n in dict.fromkeys(names)}
+
+
+def default_methods(config: RunConfig) -> list[str]:
+    """What a run is tested with: its own algorithm, ``test.methods``, then ``pixels`` if
+    ``test.pixel_baseline``."""
+    pixels = ["pixels"] if config.test.pixel_baseline else []
+    return list(dict.fromkeys([config.model.algorithm, *config.test.methods, *pixels]))
+
+
+def evaluate_methods(
+    names: Sequence[str],
+    learner: Learner,
+    data: LabelledImages,
+    config: RunConfig,
+    shots: Sequence[int] | None = None,
+) -> dict[str, dict[str, EvalResult]]:
+    """Score the named methods on the fixed test episode sets of ``config.test``.
+
+    One set per shot (seed ``test.seed + shot``), every method on the same episodes, each
+    with the transform of its own backbone.
+
+    Returns:
+        Setting (e.g. ``"5-way 1-shot"``) -> method -> result.
+    """
+    tcfg = config.test
+    learners = {n: m.to(config.device) for n, m in build_methods(names, learner, config).items()}
+    transforms = {n: ImageTransform(m.backbone.input_spec) for n, m in learners.items()}
+    table: dict[str, dict[str, EvalResult]] = {}
+    for shot in shots or tcfg.shots:
+        table[f"{tcfg.way}-way {shot}-shot"] = evaluate(
+            learners,
+            data,
+            EpisodeSpec(tcfg.way, shot, tcfg.query),
+            tcfg.episodes,
+            tcfg.seed + shot,
+            transforms,
+            workers=config.data.workers,
+            device=config.device,
+        )
+    return table
+
+
+@register_method("protonet")
+def _protonet(learner: Learner, config: RunConfig) -> Learner:
+    """Nearest class mean (squared Euclidean) on the backbone's features."""
+    return ProtoNet(learner.backbone)
+
+
+@register_method("linear")
+def _linear(learner: Learner, config: RunConfig) -> Learner:
+    """Logistic regression on frozen features; settings from ``config.linear_probe``."""
+    return LinearProbe(learner.backbone, **dataclasses.asdict(config.linear_probe))
+
+
+@register_method("finetune")
+def _finetune(learner: Learner, config: RunConfig) -> Learner:
+    """Head then top blocks fine-tuned per episode; settings from ``config.finetune``."""
+    return FineTune(learner.backbone, **dataclasses.asdict(config.finetune))
+
+
+@register_method("maml")
+def _maml(learner: Learner, config: RunConfig) -> Learner:
+    """MAML test-time adaptation from this backbone (a fresh zero head per episode, with the
+    ``model.maml`` step settings); a MAML checkpoint itself is used as it is."""
+    return MAML(learner.backbone, **(dataclasses.asdict(config.model.maml) | {"head": "zero"}))
+
+
+@register_method("pixels")
+def _pixels(learner: Learner, config: RunConfig) -> Learner:
+    """Nearest class mean on raw pixels, at the data's size and the backbone's channels."""
+    channels = learner.backbone.input_spec.channels
+    size = config.data.image_size
+    return ProtoNet(create_backbone("pixels", in_channels=channels, image_size=size))

@@ -16,16 +16,22 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from episodes import EpisodeDataset, EpisodeSpec, LabelledImages
-from metatl.algorithms import Learner, ProtoNet
-from metatl.backbones import create_backbone
+from metatl.algorithms import Learner
 from metatl.config import RunConfig, config_to_dict
 from metatl.tracking import JsonlTracker, Tracker
 from metatl.training.builders import build_learner
 from metatl.training.checkpoint import load_checkpoint, save_checkpoint
 from metatl.training.data import ImageTransform, load_split
-from metatl.training.evaluation import EvalResult, evaluate, format_table
+from metatl.training.evaluation import (
+    EvalResult,
+    build_methods,
+    default_methods,
+    evaluate,
+    evaluate_methods,
+    format_table,
+)
 
-__all__ = ["NonFiniteLossError", "RunResult", "meta_train", "run_experiment", "test_learner"]
+__all__ = ["NonFiniteLossError", "RunResult", "meta_train", "run_experiment"]
 
 logger = logging.getLogger(__name__)
 
@@ -153,35 +159,6 @@ def meta_train(
     return best
 
 
-def test_learner(
-    learner: Learner, test_data: LabelledImages, config: RunConfig, shots: list[int] | None = None
-) -> dict[str, dict[str, EvalResult]]:
-    """Score ``learner`` (and the raw-pixel nearest-class-mean baseline, if configured) on the
-    fixed test episode sets, one per shot, the same episodes for every method."""
-    tcfg = config.test
-    learners: dict[str, Learner] = {config.model.algorithm: learner}
-    transforms = {config.model.algorithm: ImageTransform(learner.backbone.input_spec)}
-    if tcfg.pixel_baseline:
-        channels, size, _ = test_data.image_shape
-        pixels = ProtoNet(create_backbone("pixels", in_channels=channels, image_size=size))
-        learners["pixels-ncm"] = pixels
-        transforms["pixels-ncm"] = ImageTransform(pixels.backbone.input_spec)
-    table: dict[str, dict[str, EvalResult]] = {}
-    for shot in shots or tcfg.shots:
-        spec = EpisodeSpec(tcfg.way, shot, tcfg.query)
-        table[f"{tcfg.way}-way {shot}-shot"] = evaluate(
-            learners,
-            test_data,
-            spec,
-            tcfg.episodes,
-            tcfg.seed + shot,
-            transforms,
-            workers=config.data.workers,
-            device=config.device,
-        )
-    return table
-
-
 def run_experiment(config: RunConfig) -> RunResult:
     """Meta-train, then test the best checkpoint; everything lands in a new run directory."""
     torch.manual_seed(config.seed)
@@ -204,11 +181,15 @@ def run_experiment(config: RunConfig) -> RunResult:
             train_data.num_classes,
             val_data.num_classes,
         )
+        methods = default_methods(config)
+        build_methods(methods, learner, config)  # an unknown method fails now, not after training
         started = time.perf_counter()
         best_val = meta_train(learner, train_data, val_data, config, run_dir, tracker)
         train_time = time.perf_counter() - started
         learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-        test = test_learner(learner, load_split(config.data, config.data.test_split), config)
+        test = evaluate_methods(
+            methods, learner, load_split(config.data, config.data.test_split), config
+        )
         for setting, results in test.items():
             tracker.log(
                 {f"test/{setting}/{m}/accuracy": r.mean for m, r in results.items()}
