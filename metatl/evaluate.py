@@ -87,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         channels, size, _ = split.image_shape
         # The checkpoint holds every weight: no need to resolve model.pretrained again.
         model = dataclasses.replace(config.model, pretrained="")
-        learner = build_learner(model, channels, size, n_way=config.episodes.way)
+        learner = build_learner(
+            dataclasses.replace(config, model=model), channels, size, n_way=config.episodes.way
+        )
         learner.load_state_dict(checkpoint["model"])
         names = methods or default_methods(config)
         table = evaluate_methods(names, learner, split, config)

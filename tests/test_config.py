@@ -18,10 +18,27 @@ def test_configs_exist() -> None:
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path: Path) -> None:
-    config = load_config(path)
+    required = ["model.pretrained=runs/x/best.pt"] if "(required" in path.read_text() else []
+    config = load_config(path, required)
     assert isinstance(config, RunConfig)
     assert config.data.dataset == "glyphs"
-    assert config.model.algorithm in ("protonet", "maml", "fomaml", "anil", "metasgd")
+    assert config.model.algorithm in path.name.split("_")[0]
+    if config.model.algorithm in ("linear", "finetune"):
+        assert config.train.steps == 0
+
+
+def test_a_missing_backbone_is_named() -> None:
+    with pytest.raises(
+        ConfigError, match="model.algorithm=linear needs a trained backbone: set model.pretrained"
+    ):
+        load_config(Path(__file__).parents[1] / "configs/linear_conv4_glyphs.yaml")
+
+
+def test_learners_that_are_not_meta_trained_refuse_steps() -> None:
+    with pytest.raises(
+        ConfigError, match="model.algorithm=linear adapts per episode .* set train.steps=0"
+    ):
+        load_config(None, ["model.algorithm=linear", "model.pretrained=IMAGENET1K_V1"])
 
 
 def test_defaults_are_the_main_job() -> None:

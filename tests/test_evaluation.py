@@ -79,7 +79,7 @@ def test_paired_table() -> None:
 
 def test_registry_builds_methods_on_the_checkpoint_backbone() -> None:
     config = RunConfig()
-    learner = build_learner(config.model, 1, 28)
+    learner = build_learner(config, 1, 28)
     assert {"protonet", "linear", "finetune", "pixels"} <= set(list_methods())
     methods = build_methods(["protonet", "linear", "finetune", "pixels", "linear"], learner, config)
     assert list(methods) == ["protonet", "linear", "finetune", "pixels"]
@@ -103,7 +103,7 @@ def test_registered_methods_and_config_sections() -> None:
             "model.maml.test_inner_steps=4",
         ],
     )
-    learner = build_learner(config.model, 1, 28)
+    learner = build_learner(config, 1, 28)
     built = build_methods(["finetune", "linear", "maml"], learner, config)
     assert isinstance(built["finetune"], FineTune)
     assert (built["finetune"].n_blocks, built["finetune"].steps) == (2, 7)
@@ -138,7 +138,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         None, ["data.dataset=image_folder", f"data.root={root}", "test.query=3", "test.shots=[1]"]
     )
     torch.manual_seed(0)
-    learner = build_learner(config.model, 1, 28)
+    learner = build_learner(config, 1, 28)
     path = root / "run" / "best.pt"
     path.parent.mkdir()
     save_checkpoint(path, {"model": learner.state_dict(), "config": config_to_dict(config)})

@@ -141,6 +141,37 @@ def test_maml_family_trains_from_the_cli(
     assert ("head.weight" in state) == ("model.maml.head=learned" in extra)
 
 
+def test_per_episode_learners_test_a_trained_backbone(folder_dataset: Path, tmp_path: Path) -> None:
+    common = [
+        "data.dataset=image_folder",
+        f"data.root={folder_dataset}",
+        f"out_dir={tmp_path}",
+        "test.episodes=20",
+        "test.shots=[5]",
+    ]
+    assert train_cli.main([*common, "name=proto", *TINY[:-2]]) == 0
+    backbone = tmp_path / "proto" / "best.pt"
+    assert (
+        train_cli.main(
+            [
+                *common,
+                "name=linear",
+                "model.algorithm=linear",
+                "train.steps=0",
+                f"model.pretrained={backbone}",
+                "test.methods=[protonet]",
+            ]
+        )
+        == 0
+    )
+    results = json.loads((tmp_path / "linear" / "results.json").read_text())["test"]
+    proto = json.loads((tmp_path / "proto" / "results.json").read_text())["test"]
+    assert set(results["5-way 5-shot"]) == {"linear", "protonet", "pixels"}
+    # Same backbone, same episodes: nearest class mean scores exactly as in the training run.
+    assert results["5-way 5-shot"]["protonet"] == proto["5-way 5-shot"]["protonet"]
+    assert results["5-way 5-shot"]["linear"]["accuracy"] > 0.6
+
+
 def test_cli_errors_are_one_line(folder_dataset: Path, tmp_path: Path, capsys) -> None:
     assert train_cli.main(["optim.lrr=1"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -18,7 +18,7 @@ __all__ = ["ConfigError", "config_to_dict", "load_config", "parse_overrides"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet"),
-    "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd"),
+    "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd", "linear", "finetune"),
     "model.maml.head": ("zero", "learned"),
     "model.maml.bn": ("transductive", "running"),
     "linear_probe.normalize": ("none", "l2", "center", "center_l2"),
@@ -32,7 +32,6 @@ POSITIVE = (
     "episodes.way",
     "episodes.shot",
     "episodes.query",
-    "train.steps",
     "train.meta_batch",
     "train.log_every",
     "train.val_every",
@@ -44,6 +43,9 @@ POSITIVE = (
     "test.query",
     "test.episodes",
 )
+
+
+NOT_META_TRAINED = ("linear", "finetune")
 
 
 class ConfigError(ValueError):
@@ -126,6 +128,19 @@ def validate(config: RunConfig) -> None:
     for key in ("optim.lr",):
         if values[key] <= 0:
             raise ConfigError(f"{key} must be > 0, got {values[key]}")
+    if config.train.steps < 0:
+        raise ConfigError(f"train.steps must be >= 0 (0: test only), got {config.train.steps}")
+    if config.model.algorithm in NOT_META_TRAINED and config.train.steps:
+        raise ConfigError(
+            f"model.algorithm={config.model.algorithm} adapts per episode and is not "
+            "meta-trained: set train.steps=0, and model.pretrained to the backbone to use"
+        )
+    if config.model.algorithm in NOT_META_TRAINED and not config.model.pretrained:
+        raise ConfigError(
+            f"model.algorithm={config.model.algorithm} needs a trained backbone: set "
+            "model.pretrained to a run's checkpoint (runs/<run>/best.pt), a weights file or a "
+            "torchvision weight name (IMAGENET1K_V1)"
+        )
     maml = config.model.maml
     if not re.fullmatch(r"all|head|top:[1-9]\d*", maml.adapt):
         raise ConfigError(f"model.maml.adapt={maml.adapt!r} is not allowed; use all, head or top:N")

@@ -111,7 +111,7 @@ class OptimConfig:
 
     lr: float = 1e-3
     weight_decay: float = 0.0
-    lr_decay_every: int = 2500
+    lr_decay_every: int = 2000
     lr_decay: float = 0.5
 
 
@@ -119,7 +119,7 @@ class OptimConfig:
 class TrainConfig:
     """Meta-training length, logging and periodic validation on a fixed episode set."""
 
-    steps: int = 6000
+    steps: int = 4000
     meta_batch: int = 1
     log_every: int = 50
     val_every: int = 500

@@ -172,9 +172,9 @@ def run_experiment(config: RunConfig) -> RunResult:
         train_data = load_split(config.data, config.data.train_split)
         val_data = load_split(config.data, config.data.val_split)
         channels, size, _ = train_data.image_shape
-        learner = build_learner(config.model, channels, size, n_way=config.episodes.way).to(
-            config.device
-        )
+        learner = build_learner(config, channels, size, n_way=config.episodes.way)
+        # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
+        learner = learner.to(config.device, memory_format=torch.channels_last)
         logger.info(
             "run directory %s; %d train classes, %d validation classes",
             run_dir,
@@ -184,7 +184,11 @@ def run_experiment(config: RunConfig) -> RunResult:
         methods = default_methods(config)
         build_methods(methods, learner, config)  # an unknown method fails now, not after training
         started = time.perf_counter()
-        best_val = meta_train(learner, train_data, val_data, config, run_dir, tracker)
+        if config.train.steps:
+            best_val = meta_train(learner, train_data, val_data, config, run_dir, tracker)
+        else:  # a learner that only adapts per episode (linear probe, fine-tune): test it as is
+            best_val = {}
+            _save(run_dir / "best.pt", learner, config, 0, best_val)
         train_time = time.perf_counter() - started
         learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         test = evaluate_methods(
