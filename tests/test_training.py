@@ -191,6 +191,14 @@ def test_cli_errors_are_one_line(folder_dataset: Path, tmp_path: Path, capsys) -
     )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "has 24 classes" in err and "n_way=30" in err
+    # Test episodes too large for the test split fail before any training.
+    folder = ["data.dataset=image_folder", f"data.root={folder_dataset}", f"out_dir={tmp_path}"]
+    assert train_cli.main([*folder, "test.shots=[1,10]"]) == 2
+    err = capsys.readouterr().err
+    assert "/test': class 'class032' has 20 images" in err and "10 + 15 = 25" in err
+    assert train_cli.main([*folder, "model.backbone=conv5"]) == 2
+    assert "unknown backbone 'conv5'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "a failed start must not leave a run directory"
     assert evaluate_cli.main(["--checkpoint", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

@@ -15,7 +15,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from episodes import EpisodeDataset, EpisodeSpec, LabelledImages
+from episodes import EpisodeDataset, EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import Learner
 from metatl.config import RunConfig, config_to_dict
 from metatl.tracking import JsonlTracker, Tracker
@@ -160,8 +160,26 @@ def meta_train(
 
 
 def run_experiment(config: RunConfig) -> RunResult:
-    """Meta-train, then test the best checkpoint; everything lands in a new run directory."""
+    """Meta-train, then test the best checkpoint; everything lands in a new run directory.
+
+    Data, episode shapes, the learner and the test methods are all checked before the run
+    directory is created, so a bad config fails at once and leaves nothing behind.
+    """
     torch.manual_seed(config.seed)
+    splits = {
+        name: load_split(config.data, getattr(config.data, f"{name}_split"))
+        for name in ("train", "val", "test")
+    }
+    for name, spec in episode_specs(config):
+        data = splits[name]
+        EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
+    channels, size, _ = splits["train"].image_shape
+    learner = build_learner(config, channels, size, n_way=config.episodes.way)
+    # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
+    learner = learner.to(config.device, memory_format=torch.channels_last)
+    methods = default_methods(config)
+    build_methods(methods, learner, config)
+
     run_dir = new_run_dir(config)
     tracker = JsonlTracker(run_dir / "metrics.jsonl")
     try:
@@ -169,31 +187,21 @@ def run_experiment(config: RunConfig) -> RunResult:
             yaml.safe_dump(config_to_dict(config), sort_keys=False)
         )
         tracker.log_config(config_to_dict(config))
-        train_data = load_split(config.data, config.data.train_split)
-        val_data = load_split(config.data, config.data.val_split)
-        channels, size, _ = train_data.image_shape
-        learner = build_learner(config, channels, size, n_way=config.episodes.way)
-        # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
-        learner = learner.to(config.device, memory_format=torch.channels_last)
         logger.info(
             "run directory %s; %d train classes, %d validation classes",
             run_dir,
-            train_data.num_classes,
-            val_data.num_classes,
+            splits["train"].num_classes,
+            splits["val"].num_classes,
         )
-        methods = default_methods(config)
-        build_methods(methods, learner, config)  # an unknown method fails now, not after training
         started = time.perf_counter()
         if config.train.steps:
-            best_val = meta_train(learner, train_data, val_data, config, run_dir, tracker)
+            best_val = meta_train(learner, splits["train"], splits["val"], config, run_dir, tracker)
         else:  # a learner that only adapts per episode (linear probe, fine-tune): test it as is
             best_val = {}
             _save(run_dir / "best.pt", learner, config, 0, best_val)
         train_time = time.perf_counter() - started
         learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-        test = evaluate_methods(
-            methods, learner, load_split(config.data, config.data.test_split), config
-        )
+        test = evaluate_methods(methods, learner, splits["test"], config)
         for setting, results in test.items():
             tracker.log(
                 {f"test/{setting}/{m}/accuracy": r.mean for m, r in results.items()}
@@ -206,6 +214,18 @@ def run_experiment(config: RunConfig) -> RunResult:
         return result
     finally:
         tracker.close()
+
+
+def episode_specs(config: RunConfig) -> list[tuple[str, EpisodeSpec]]:
+    """Every episode shape a run draws, with the split it draws from."""
+    e, t, v = config.episodes, config.test, config.train
+    specs = []
+    if v.steps:
+        specs += [
+            ("train", EpisodeSpec(e.way, e.shot, e.query)),
+            ("val", EpisodeSpec(v.val_way, v.val_shot, v.val_query)),
+        ]
+    return specs + [("test", EpisodeSpec(t.way, shot, t.query)) for shot in t.shots]
 
 
 def new_run_dir(config: RunConfig) -> Path:
