@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from episodes import EpisodeDataset, EpisodeSpec, LabelledImages
 from metatl.algorithms import MAML, FineTune, Learner, LinearProbe, ProtoNet
@@ -110,7 +111,15 @@ def evaluate(
     transforms = transform if isinstance(transform, Mapping) else dict.fromkeys(learners, transform)
     for learner in learners.values():
         learner.eval()
-    for raw in loader:
+    bar = tqdm(
+        loader,
+        desc=f"evaluate {spec.n_way}-way {spec.n_shot}-shot",
+        unit="ep",
+        leave=False,
+        disable=None,
+        dynamic_ncols=True,
+    )
+    for raw in bar:
         for name, learner in learners.items():
             fn = transforms[name]
             episode = (raw.map_images(fn) if fn is not None else raw).to(device)
