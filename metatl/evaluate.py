@@ -9,14 +9,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from metatl.cli import run_main
-from metatl.config import ConfigError, RunConfig, config_from_dict, parse_overrides
+from metatl.config import config_from_dict
 from metatl.training import build_learner, load_checkpoint, load_split
 from metatl.training.evaluation import (
     default_methods,
@@ -61,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         checkpoint = load_checkpoint(args.checkpoint)
-        config = _with_overrides(checkpoint["config"], overrides)
+        config = config_from_dict(checkpoint["config"], overrides)
         test = dataclasses.replace(
             config.test,
             **{
@@ -108,18 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     return run_main(body)
-
-
-def _with_overrides(values: dict[str, Any], overrides: Sequence[str]) -> RunConfig:
-    """The checkpoint's config with ``key=value`` overrides applied, validated."""
-    if overrides:
-        try:
-            merged = OmegaConf.merge(values, OmegaConf.from_dotlist(parse_overrides(overrides)))
-        except (OmegaConfBaseException, yaml.YAMLError) as err:
-            reason = " ".join(str(err).split())  # one line
-            raise ConfigError(f"cannot apply overrides {' '.join(overrides)}: {reason}") from None
-        values = OmegaConf.to_container(merged)  # type: ignore[assignment]
-    return config_from_dict(values)
 
 
 if __name__ == "__main__":

@@ -82,25 +82,25 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     Raises:
         ConfigError: Unknown key, wrong type, value outside the allowed set, unreadable file.
     """
-    layers = [OmegaConf.structured(RunConfig)]
-    if path is not None:
-        layers.append(_read_yaml(Path(path)))
+    return _merge(_read_yaml(Path(path)) if path is not None else {}, overrides)
+
+
+def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+    """A :class:`RunConfig` from a plain nested dict (e.g. one stored in a checkpoint), with
+    ``key=value`` overrides applied on top; validated as :func:`load_config`."""
+    return _merge(values, overrides)
+
+
+def _merge(values: Any, overrides: Sequence[str]) -> RunConfig:
     try:
-        layers.append(OmegaConf.from_dotlist(parse_overrides(list(overrides))))
-        merged = OmegaConf.merge(*layers)
+        dotlist = OmegaConf.from_dotlist(parse_overrides(list(overrides)))
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), values, dotlist)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err)) from None
-    validate(config)
-    return config
-
-
-def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """A :class:`RunConfig` from a plain nested dict (e.g. one stored in a checkpoint)."""
-    try:
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), values))
-    except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err)) from None
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"cannot parse overrides {' '.join(overrides)}: {reason}") from None
     validate(config)
     return config
 
