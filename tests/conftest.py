@@ -35,3 +35,26 @@ def make_pattern_images(
 @pytest.fixture
 def patterns() -> LabelledImages:
     return make_pattern_images(n_classes=30, per_class=20)
+
+
+def train_briefly(learner, data: LabelledImages, spec, num_episodes: int, lr: float = 3e-3):
+    """Adam on ``num_episodes`` seeded episodes of ``spec``; the per-episode losses."""
+    from episodes import EpisodeDataset
+    from metatl.training import ImageTransform
+
+    episodes = EpisodeDataset.from_spec(
+        data,
+        spec,
+        seed=0,
+        num_episodes=num_episodes,
+        transform=ImageTransform(learner.backbone.input_spec),
+    )
+    optimizer = torch.optim.Adam(learner.parameters(), lr=lr)
+    losses = []
+    for episode in episodes:
+        loss, metrics = learner.loss(episode)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(metrics["loss"])
+    return losses

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from episodes import Episode, EpisodeDataset, EpisodeSpec, LabelledImages
+from episodes import Episode, EpisodeSpec, LabelledImages
 from metatl.algorithms.maml import ANIL, FOMAML, MAML, MAML_VARIANTS, MetaSGD
 from metatl.backbones import Backbone, InputSpec, create_backbone
-from metatl.training import ImageTransform
+from tests.conftest import train_briefly
 
 HIDDEN, WAY, SIZE, LR = 8, 5, 28, 0.4
 
@@ -246,21 +246,7 @@ def test_learner_keeps_no_episode_state() -> None:
 def test_loss_falls_on_a_tiny_training_run(patterns: LabelledImages) -> None:
     torch.manual_seed(0)
     learner = MAML(create_backbone("conv4", hidden=16), inner_steps=1, inner_lr=0.4)
-    ds = EpisodeDataset.from_spec(
-        patterns,
-        EpisodeSpec(5, 1, 3),
-        seed=0,
-        num_episodes=40,
-        transform=ImageTransform(learner.backbone.input_spec),
-    )
-    opt = torch.optim.Adam(learner.parameters(), lr=3e-3)
-    losses = []
-    for episode in ds:
-        loss, metrics = learner.loss(episode)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(metrics["loss"])
+    losses = train_briefly(learner, patterns, EpisodeSpec(5, 1, 3), num_episodes=40)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.75 * first, (first, last)
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from episodes import Episode, EpisodeDataset, EpisodeSpec, LabelledImages
+from episodes import Episode, EpisodeSpec, LabelledImages
 from metatl.algorithms import ProtoNet
 from metatl.backbones import Backbone, InputSpec, create_backbone
-from metatl.training import ImageTransform
+from tests.conftest import train_briefly
 
 
 class Linear2(Backbone):
@@ -78,20 +78,6 @@ def test_pixels_protonet_is_nearest_class_mean() -> None:
 def test_loss_falls_on_a_tiny_training_run(patterns: LabelledImages) -> None:
     torch.manual_seed(0)
     net = ProtoNet(create_backbone("conv4", hidden=16))
-    ds = EpisodeDataset.from_spec(
-        patterns,
-        EpisodeSpec(5, 2, 5),
-        seed=0,
-        num_episodes=60,
-        transform=ImageTransform(net.backbone.input_spec),
-    )
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    losses = []
-    for i in range(60):
-        loss, metrics = net.loss(ds[i])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(metrics["loss"])
+    losses = train_briefly(net, patterns, EpisodeSpec(5, 2, 5), num_episodes=60)
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
     assert last < 0.5 * first, (first, last)
