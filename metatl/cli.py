@@ -7,6 +7,8 @@ import logging
 import sys
 from collections.abc import Callable
 
+from metatl.training.preemption import EXIT_PREEMPTED, Preempted
+
 __all__ = ["USER_ERRORS", "run_main"]
 
 # Errors caused by the user's input: printed as one line, no traceback.
@@ -14,13 +16,17 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFou
 
 
 def run_main(body: Callable[[], int]) -> int:
-    """Run an entrypoint body; a user error becomes ``error: ...`` on stderr and exit 2."""
+    """Run an entrypoint body; a user error becomes ``error: ...`` on stderr and exit 2, a
+    run stopped by SIGTERM/SIGINT (checkpoint written) exits with ``EXIT_PREEMPTED`` (75)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return body()
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        print(str(stop), file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""``python -m metatl.train [--config FILE] [key=value ...]``: meta-train, then test."""
+"""``python -m metatl.train [--config FILE] [key=value ...]`` or ``--resume RUN_DIR``:
+meta-train, then test."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from metatl.cli import run_main
-from metatl.config import load_config
+from metatl.config import ConfigError, RunConfig, load_config
 from metatl.training import run_experiment
 
 
@@ -19,10 +20,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Overrides: dotted keys of the config, e.g. optim.lr=3e-4 or --train.steps=2000.",
     )
     parser.add_argument("--config", help="YAML file of config keys (default: built-in defaults)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last.pt, with its own config (exactly: the "
+        "result equals an uninterrupted run's)",
+    )
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
-        result = run_experiment(load_config(args.config, overrides))
+        if args.resume:
+            if args.config or overrides:
+                raise ConfigError(
+                    "--resume continues a run with the config it was started with; drop "
+                    f"--config and the overrides ({' '.join(overrides) or args.config})"
+                )
+            result = run_experiment(RunConfig(), resume_dir=args.resume)
+        else:
+            result = run_experiment(load_config(args.config, overrides))
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())
         return 0

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from episodes import LabelledImages
 
@@ -58,3 +61,29 @@ def train_briefly(learner, data: LabelledImages, spec, num_episodes: int, lr: fl
         optimizer.step()
         losses.append(metrics["loss"])
     return losses
+
+
+def write_image_folder(root: Path, data: LabelledImages, split: str) -> None:
+    """``data`` as ``root/<split>/<class>/NNNN.png`` (the ``image_folder`` layout)."""
+    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
+        folder = root / split / data.class_names[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="session")
+def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ``image_folder`` dataset: 24 train, 8 val, 8 test classes of 20 patterns."""
+    root = tmp_path_factory.mktemp("patterns")
+    everything = make_pattern_images(n_classes=40, per_class=20, seed=1)
+    for split, classes in (("train", range(24)), ("val", range(24, 32)), ("test", range(32, 40))):
+        write_image_folder(root, everything.select_classes(list(classes)), split)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in tests track to JSONL only (also in subprocesses); W&B tests opt back in."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)

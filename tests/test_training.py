@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from episodes import EpisodeSpec, LabelledImages
 from metatl import evaluate as evaluate_cli
@@ -23,7 +22,6 @@ from metatl.training import (
     load_checkpoint,
     save_checkpoint,
 )
-from tests.conftest import make_pattern_images
 
 TINY = [
     "train.steps=40",
@@ -36,22 +34,6 @@ TINY = [
     "test.episodes=30",
     "optim.lr=0.003",
 ]
-
-
-def write_image_folder(root: Path, data: LabelledImages, split: str) -> None:
-    for i, (image, label) in enumerate(zip(data.images, data.labels, strict=True)):
-        folder = root / split / data.class_names[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image[0].numpy(), mode="L").save(folder / f"{i:04d}.png")
-
-
-@pytest.fixture(scope="module")
-def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("patterns")
-    everything = make_pattern_images(n_classes=40, per_class=20, seed=1)
-    for split, classes in (("train", range(24)), ("val", range(24, 32)), ("test", range(32, 40))):
-        write_image_folder(root, everything.select_classes(list(classes)), split)
-    return root
 
 
 def test_evaluate_is_paired_and_seeded(patterns: LabelledImages) -> None:

@@ -48,21 +48,34 @@ class ProtoNet(Learner[PrototypeState]):
         )
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> PrototypeState:
-        return PrototypeState(prototypes(self.backbone(support_x), support_y, n_way))
+        return PrototypeState(
+            prototypes(_full_precision(self.backbone(support_x)), support_y, n_way)
+        )
 
     def predict(self, query_x: torch.Tensor, state: PrototypeState) -> torch.Tensor:
         return self.logits(self.backbone(query_x), state.prototypes)
 
     def logits(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-        """``[n_query, D]`` features and ``[n_way, D]`` prototypes -> ``[n_query, n_way]``."""
-        if self.scale is not None:
-            return self.scale * cosine_similarity_matrix(features, protos)
-        return -squared_euclidean_distance(features, protos)
+        """``[n_query, D]`` features and ``[n_way, D]`` prototypes -> ``[n_query, n_way]``.
+
+        Always computed in float32, also under autocast: squared distances between close
+        points cancel catastrophically in 16-bit floats.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            features, protos = _full_precision(features), _full_precision(protos)
+            if self.scale is not None:
+                return self.scale * cosine_similarity_matrix(features, protos)
+            return -squared_euclidean_distance(features, protos)
 
     def forward(self, episode) -> torch.Tensor:
         # One backbone pass over support and query together: BatchNorm in training mode
         # then sees a single batch, as in the reference implementation.
         n_support = episode.n_support
-        features = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        features = _full_precision(self.backbone(torch.cat([episode.support_x, episode.query_x])))
         protos = prototypes(features[:n_support], episode.support_y, episode.n_way)
         return self.logits(features[n_support:], protos)
+
+
+def _full_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if autocast made it 16-bit; float32/float64 pass unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

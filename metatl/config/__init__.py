@@ -15,9 +15,12 @@ from metatl.config.schema import (
     MAMLConfig,
     ModelConfig,
     OptimConfig,
+    PretrainConfig,
     RunConfig,
     TestConfig,
+    TrackingConfig,
     TrainConfig,
+    WandbConfig,
 )
 
 __all__ = [
@@ -29,9 +32,12 @@ __all__ = [
     "MAMLConfig",
     "ModelConfig",
     "OptimConfig",
+    "PretrainConfig",
     "RunConfig",
     "TestConfig",
+    "TrackingConfig",
     "TrainConfig",
+    "WandbConfig",
     "config_from_dict",
     "config_to_dict",
     "load_config",

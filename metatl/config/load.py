@@ -26,6 +26,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.batch_norm": ("frozen", "adapt"),
     "finetune.optimizer": ("sgd", "adam"),
     "model.distance": ("sqeuclidean", "cosine"),
+    "pretrain.augment": ("none", "crop", "crop_flip"),
+    "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
+    "precision": ("fp32", "bf16", "fp16"),
 }
 POSITIVE = (
     "data.image_size",
@@ -42,6 +45,9 @@ POSITIVE = (
     "test.way",
     "test.query",
     "test.episodes",
+    "pretrain.epochs",
+    "pretrain.batch_size",
+    "pretrain.val_every",
 )
 
 
@@ -154,6 +160,15 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(
             "model.maml.head=learned fixes the way: episodes.way, train.val_way and test.way "
             f"must be equal, got {ways[0]}, {ways[1]}, {ways[2]} (or use model.maml.head=zero)"
+        )
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", config.device):
+        raise ConfigError(
+            f"device={config.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
+        )
+    if config.train.checkpoint_every < 0:
+        raise ConfigError(
+            f"train.checkpoint_every must be >= 0 (0: at validation only), "
+            f"got {config.train.checkpoint_every}"
         )
     if config.episodes.way < 2 or config.test.way < 2 or config.train.val_way < 2:
         raise ConfigError("episodes.way, train.val_way and test.way must be at least 2")

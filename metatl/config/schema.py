@@ -16,9 +16,12 @@ __all__ = [
     "MAMLConfig",
     "ModelConfig",
     "OptimConfig",
+    "PretrainConfig",
     "RunConfig",
     "TestConfig",
+    "TrackingConfig",
     "TrainConfig",
+    "WandbConfig",
 ]
 
 
@@ -128,6 +131,9 @@ class TrainConfig:
     val_shot: int = 1
     val_query: int = 15
     val_seed: int = 2
+    # Also write last.pt (with optimiser, scheduler and RNG states) every this many steps,
+    # besides at each validation and on SIGTERM/SIGINT; 0 = only then.
+    checkpoint_every: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,46 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class PretrainConfig:
+    """``python -m metatl.pretrain``: supervised whole-class pretraining of the backbone
+    (cross-entropy over every training class, then ``model.pretrained`` for meta-training).
+
+    Validation is few-shot: nearest class mean on the backbone's features over the
+    ``train.val_*`` episodes, after every ``val_every`` epochs; the best is kept.
+    """
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.05  # SGD with momentum, cosine decay to 0 over all epochs
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: str = "crop"  # none | crop (random crop after padding) | crop_flip
+    crop_padding: int = 4  # pixels of padding before the random crop, at the input size
+    val_every: int = 1
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases. ``mode=auto``: online when an API key is configured, else offline
+    (sync later with ``wandb sync``)."""
+
+    mode: str = "auto"  # auto | online | offline | disabled
+    project: str = "metatl"
+    entity: str = ""
+    group: str = ""
+    tags: list[str] = field(default_factory=list)
+    name: str = ""  # "" = the run directory's name
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs are tracked besides the always-on ``metrics.jsonl``."""
+
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole run: ``python -m metatl.train`` builds everything from this."""
 
@@ -156,7 +202,10 @@ class RunConfig:
     test: TestConfig = field(default_factory=TestConfig)
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 also scales the loss)
     out_dir: str = "runs"
     name: str = ""

@@ -35,6 +35,7 @@ from metatl.backbones import create_backbone
 from metatl.config import RunConfig
 from metatl.functional import accuracy, mean_confidence_interval
 from metatl.training.data import ImageTransform
+from metatl.training.device import autocast, resolve_device
 
 __all__ = [
     "EvalResult",
@@ -87,6 +88,7 @@ def evaluate(
     transform: Callable[[torch.Tensor], torch.Tensor] | Mapping[str, Callable] | None = None,
     workers: int = 0,
     device: torch.device | str = "cpu",
+    precision: str = "fp32",
 ) -> dict[str, EvalResult]:
     """Score each learner on the same ``num_episodes`` episodes drawn with ``seed``.
 
@@ -101,6 +103,7 @@ def evaluate(
         transform: One transform for all learners, or one per learner name.
         workers: DataLoader workers.
         device: Where the learners run.
+        precision: ``fp32``, or ``bf16``/``fp16`` autocast (as in training).
 
     Returns:
         Method name -> :class:`EvalResult`.
@@ -123,7 +126,7 @@ def evaluate(
         for name, learner in learners.items():
             fn = transforms[name]
             episode = (raw.map_images(fn) if fn is not None else raw).to(device)
-            with torch.set_grad_enabled(learner.needs_grad_to_adapt):
+            with torch.set_grad_enabled(learner.needs_grad_to_adapt), autocast(device, precision):
                 logits = learner(episode)
             per_method[name].append(float(accuracy(logits, episode.query_y)))
     episode_set = (
@@ -281,7 +284,8 @@ def evaluate_methods(
         Setting (e.g. ``"5-way 1-shot"``) -> method -> result.
     """
     tcfg = config.test
-    learners = {n: m.to(config.device) for n, m in build_methods(names, learner, config).items()}
+    device = resolve_device(config.device)
+    learners = {n: m.to(device) for n, m in build_methods(names, learner, config).items()}
     transforms = {n: ImageTransform(m.backbone.input_spec) for n, m in learners.items()}
     table: dict[str, dict[str, EvalResult]] = {}
     for shot in shots or tcfg.shots:
@@ -293,7 +297,8 @@ def evaluate_methods(
             tcfg.seed + shot,
             transforms,
             workers=config.data.workers,
-            device=config.device,
+            device=device,
+            precision=config.precision,
         )
     return table
 

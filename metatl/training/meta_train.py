@@ -6,22 +6,24 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from episodes import EpisodeDataset, EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import Learner
-from metatl.config import RunConfig, config_to_dict
+from metatl.config import RunConfig, config_from_dict, config_to_dict
 from metatl.tracking import JsonlTracker, Tracker
 from metatl.training.builders import build_learner
-from metatl.training.checkpoint import load_checkpoint, save_checkpoint
+from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metatl.training.data import ImageTransform, load_split
+from metatl.training.device import autocast, grad_scaler, resolve_device
 from metatl.training.evaluation import (
     EvalResult,
     build_methods,
@@ -30,10 +32,15 @@ from metatl.training.evaluation import (
     evaluate_methods,
     format_table,
 )
+from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
+from metatl.training.rng import capture_rng_state, restore_rng_state
 
 __all__ = ["NonFiniteLossError", "RunResult", "meta_train", "run_experiment"]
 
 logger = logging.getLogger(__name__)
+
+# What a last.pt must hold to continue a run exactly.
+RESUME_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "val", "rng", "config")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,64 +72,118 @@ def meta_train(
     config: RunConfig,
     run_dir: Path,
     tracker: Tracker,
+    *,
+    resume: Mapping[str, Any] | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, float]:
     """Meta-train ``learner`` on episodes of ``train_data``; keep the best on validation.
 
     Validation runs every ``train.val_every`` steps (and at the end) on a fixed seeded set
-    of episodes, so scores are comparable across steps; the best state is written to
-    ``run_dir/best.pt``, the final one to ``run_dir/last.pt``.
+    of episodes, so scores are comparable across steps; the best model is written to
+    ``run_dir/best.pt``. ``run_dir/last.pt`` holds everything needed to continue exactly
+    (model, optimiser, scheduler, loss scaler, step, best validation, RNG states; the
+    episode stream is indexed by step): it is written at each validation, every
+    ``train.checkpoint_every`` steps, at the end, and when ``stop`` fires.
+
+    Args:
+        resume: A ``last.pt`` payload to continue from; the result is bit-identical (on
+            CPU) to a run that was never interrupted.
+        stop: Polled after every step; when set, ``last.pt`` is written and
+            :class:`Preempted` raised.
 
     Returns:
         ``{"accuracy", "ci95", "step"}`` of the best validation.
 
     Raises:
         NonFiniteLossError: If a loss is NaN or infinite (the message names the step).
+        Preempted: If ``stop`` fired; ``last.pt`` is then up to date.
     """
     tcfg, ecfg = config.train, config.episodes
-    device = torch.device(config.device)
+    device = resolve_device(config.device)
     transform = ImageTransform(learner.backbone.input_spec)
     meta_batch = tcfg.meta_batch
-    train_episodes = EpisodeDataset.from_spec(
-        train_data,
-        EpisodeSpec(ecfg.way, ecfg.shot, ecfg.query),
-        config.seed,
-        tcfg.steps * meta_batch,
-        transform,
-    )
-    loader = DataLoader(
-        train_episodes,
-        batch_size=None,
-        num_workers=config.data.workers,
-        persistent_workers=config.data.workers > 0,
-    )
-    val_spec = EpisodeSpec(tcfg.val_way, tcfg.val_shot, tcfg.val_query)
     optimizer = torch.optim.Adam(
         learner.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.StepLR(
         optimizer, step_size=config.optim.lr_decay_every, gamma=config.optim.lr_decay
     )
+    scaler = grad_scaler(device, config.precision)
     best = {"accuracy": -1.0, "ci95": 0.0, "step": 0}
+    done = 0
+    if resume is not None:
+        learner.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        best, done = dict(resume["val"]), int(resume["step"])
+
+    # The episode of each step depends only on (seed, index), so continuing at step `done`
+    # means starting the stream at index done * meta_batch.
+    episode_stream: Dataset = EpisodeDataset.from_spec(
+        train_data,
+        EpisodeSpec(ecfg.way, ecfg.shot, ecfg.query),
+        config.seed,
+        tcfg.steps * meta_batch,
+        transform,
+    )
+    if done:
+        episode_stream = Subset(episode_stream, range(done * meta_batch, len(episode_stream)))
+    loader = DataLoader(
+        episode_stream,
+        batch_size=None,
+        num_workers=config.data.workers,
+        persistent_workers=config.data.workers > 0 and done < tcfg.steps,
+    )
+    val_spec = EpisodeSpec(tcfg.val_way, tcfg.val_shot, tcfg.val_query)
+
+    def save_last(step: int) -> Path:
+        return save_checkpoint(
+            run_dir / "last.pt",
+            {
+                "model": learner.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": step,
+                "val": best,
+                "rng": capture_rng_state(),
+                "config": config_to_dict(config),
+            },
+        )
+
+    if resume is not None:
+        restore_rng_state(resume["rng"])  # last: building the learner above drew numbers
     window: list[dict[str, float]] = []
     window_start = time.perf_counter()
     episodes = iter(loader)
-    bar = tqdm(range(1, tcfg.steps + 1), desc="meta-train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        range(done + 1, tcfg.steps + 1),
+        desc="meta-train",
+        unit="step",
+        dynamic_ncols=True,
+        initial=done,
+        total=tcfg.steps,
+    )
     for step in bar:
         learner.train()
         optimizer.zero_grad(set_to_none=True)
         # A meta-batch: the mean loss over several episodes, one episode's graph at a time.
         metrics = {"loss": 0.0, "accuracy": 0.0}
         for _ in range(meta_batch):
-            loss, episode_metrics = learner.loss(next(episodes).to(device))
+            with autocast(device, config.precision):
+                loss, episode_metrics = learner.loss(next(episodes).to(device))
             if not math.isfinite(episode_metrics["loss"]):
                 raise NonFiniteLossError(
-                    f"loss is {episode_metrics['loss']} at step {step}; the last good model is "
+                    f"loss is {episode_metrics['loss']} at step {step}; the last good "
+                    f"checkpoints are {run_dir / 'last.pt'} (step {done}) and "
                     f"{run_dir / 'best.pt'} (try a lower optim.lr)"
                 )
-            (loss / meta_batch).backward()
+            scaler.scale(loss / meta_batch).backward()
             for key in metrics:
                 metrics[key] += episode_metrics[key] / meta_batch
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         window.append(metrics)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
@@ -139,7 +200,8 @@ def meta_train(
                 loss=f"{logged['train/loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}"
             )
             window, window_start = [], time.perf_counter()
-        if step % tcfg.val_every == 0 or step == tcfg.steps:
+        validated = step % tcfg.val_every == 0 or step == tcfg.steps
+        if validated:
             result = evaluate(
                 {"model": learner},
                 val_data,
@@ -148,23 +210,54 @@ def meta_train(
                 tcfg.val_seed,
                 transform,
                 device=device,
+                precision=config.precision,
             )["model"]
-            tracker.log({"val/accuracy": result.mean, "val/ci95": result.ci95}, step)
-            logger.info("step %d: validation accuracy %.4f ± %.4f", step, result.mean, result.ci95)
             if result.mean > best["accuracy"]:
                 best = {"accuracy": result.mean, "ci95": result.ci95, "step": step}
                 _save(run_dir / "best.pt", learner, config, step, best)
+            tracker.log(
+                {
+                    "val/accuracy": result.mean,
+                    "val/ci95": result.ci95,
+                    "val/best_accuracy": best["accuracy"],
+                },
+                step,
+            )
+            logger.info("step %d: validation accuracy %.4f ± %.4f", step, result.mean, result.ci95)
             window_start = time.perf_counter()  # validation time is not step time
-    _save(run_dir / "last.pt", learner, config, tcfg.steps, best)
+        periodic = tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0
+        if validated or periodic or step == tcfg.steps or stop:
+            save_last(step)
+            done = step
+        if stop and step < tcfg.steps:
+            raise Preempted(
+                stop.signal_name or "a stop request",
+                step,
+                run_dir / "last.pt",
+                f"python -m metatl.train --resume {run_dir}",
+            )
+    bar.close()
     return best
 
 
-def run_experiment(config: RunConfig) -> RunResult:
+def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -> RunResult:
     """Meta-train, then test the best checkpoint; everything lands in a new run directory.
 
     Data, episode shapes, the learner and the test methods are all checked before the run
     directory is created, so a bad config fails at once and leaves nothing behind.
+
+    Args:
+        config: The run's config (ignored when resuming: the run's own is used).
+        resume_dir: A run directory to continue from its ``last.pt``, in place.
+
+    Raises:
+        CheckpointError: ``resume_dir`` has no readable ``last.pt``.
+        Preempted: SIGTERM/SIGINT arrived; ``last.pt`` is up to date.
     """
+    resume = None
+    if resume_dir is not None:
+        resume, config = _resume_point(Path(resume_dir))
+    device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     splits = {
         name: load_split(config.data, getattr(config.data, f"{name}_split"))
@@ -176,32 +269,54 @@ def run_experiment(config: RunConfig) -> RunResult:
     channels, size, _ = splits["train"].image_shape
     learner = build_learner(config, channels, size, n_way=config.episodes.way)
     # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
-    learner = learner.to(config.device, memory_format=torch.channels_last)
+    learner = learner.to(device, memory_format=torch.channels_last)
     methods = default_methods(config)
     build_methods(methods, learner, config)
 
-    run_dir = new_run_dir(config)
+    run_dir = Path(resume_dir) if resume_dir is not None else new_run_dir(config)
     tracker = JsonlTracker(run_dir / "metrics.jsonl")
     try:
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump(config_to_dict(config), sort_keys=False)
-        )
-        tracker.log_config(config_to_dict(config))
-        logger.info(
-            "run directory %s; %d train classes, %d validation classes",
-            run_dir,
-            splits["train"].num_classes,
-            splits["val"].num_classes,
-        )
-        started = time.perf_counter()
-        if config.train.steps:
-            best_val = meta_train(learner, splits["train"], splits["val"], config, run_dir, tracker)
-        else:  # a learner that only adapts per episode (linear probe, fine-tune): test it as is
-            best_val = {}
-            _save(run_dir / "best.pt", learner, config, 0, best_val)
-        train_time = time.perf_counter() - started
-        learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-        test = evaluate_methods(methods, learner, splits["test"], config)
+        with stop_on_signals() as stop:
+            if resume is None:
+                (run_dir / "config.yaml").write_text(
+                    yaml.safe_dump(config_to_dict(config), sort_keys=False)
+                )
+                tracker.log_config(config_to_dict(config))
+            else:
+                tracker.log({"resumed_from_step": resume["step"]}, resume["step"])
+            logger.info(
+                "run directory %s; %d train classes, %d validation classes; %s, %s",
+                run_dir,
+                splits["train"].num_classes,
+                splits["val"].num_classes,
+                device,
+                config.precision,
+            )
+            started = time.perf_counter()
+            if config.train.steps:
+                best_val = meta_train(
+                    learner,
+                    splits["train"],
+                    splits["val"],
+                    config,
+                    run_dir,
+                    tracker,
+                    resume=resume,
+                    stop=stop,
+                )
+            else:  # a learner that only adapts per episode (linear probe, fine-tune): as is
+                best_val = {}
+                _save(run_dir / "best.pt", learner, config, 0, best_val)
+            train_time = time.perf_counter() - started
+            if stop:  # between training and the test: last.pt already holds the final step
+                raise Preempted(
+                    stop.signal_name or "a stop request",
+                    config.train.steps,
+                    run_dir / "last.pt",
+                    f"python -m metatl.train --resume {run_dir}",
+                )
+            learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+            test = evaluate_methods(methods, learner, splits["test"], config)
         for setting, results in test.items():
             tracker.log(
                 {f"test/{setting}/{m}/accuracy": r.mean for m, r in results.items()}
@@ -214,6 +329,25 @@ def run_experiment(config: RunConfig) -> RunResult:
         return result
     finally:
         tracker.close()
+
+
+def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
+    """The ``last.pt`` payload of ``run_dir`` and the run's own config."""
+    if not run_dir.is_dir():
+        raise CheckpointError(f"--resume {run_dir}: no such run directory")
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    missing = [k for k in RESUME_KEYS if k not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{run_dir / 'last.pt'} cannot resume a run: it lacks {', '.join(missing)} "
+            "(written by an older metatl?)"
+        )
+    config = config_from_dict(checkpoint["config"])
+    if (run_dir / "results.json").exists():
+        raise CheckpointError(
+            f"run {run_dir} has finished (results.json exists); nothing to resume"
+        )
+    return checkpoint, config
 
 
 def episode_specs(config: RunConfig) -> list[tuple[str, EpisodeSpec]]:

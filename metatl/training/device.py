@@ -1,0 +1,74 @@
+"""Where a run computes and at what precision: ``device`` and ``precision`` of the config."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from metatl.config import ConfigError
+
+__all__ = ["PRECISIONS", "autocast", "grad_scaler", "resolve_device"]
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a config's ``device``: ``auto`` picks CUDA, then MPS, then CPU.
+
+    Raises:
+        ConfigError: If the named device is not present on this machine.
+    """
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device={name} but CUDA is not available here (torch.cuda.is_available() is "
+                "False); use device=auto or device=cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device={name} but only {torch.cuda.device_count()} CUDA device(s) are present"
+            )
+    if device.type == "mps" and not _mps_available():
+        raise ConfigError(f"device={name} but MPS is not available here; use device=auto or cpu")
+    return device
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device | str, precision: str) -> Iterator[None]:
+    """``torch.autocast`` at ``precision`` (``fp32``: no autocast at all).
+
+    Raises:
+        ConfigError: If the device has no autocast for that dtype (e.g. fp16 on an old CPU).
+    """
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        yield
+        return
+    device = torch.device(device)
+    try:
+        context = torch.autocast(device.type, dtype=dtype)
+    except RuntimeError as err:
+        raise ConfigError(f"precision={precision} is not supported on {device}: {err}") from None
+    with context:
+        yield
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A loss scaler, enabled for fp16 only (bf16 has fp32's range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
