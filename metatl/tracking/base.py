@@ -22,5 +22,13 @@ class Tracker(Protocol):
     def log_artifact(self, path: str | Path, name: str | None = None) -> None:
         """Record a file produced by the run (checkpoint, report)."""
 
+    def log_image(
+        self, key: str, path: str | Path, step: int | None = None, caption: str | None = None
+    ) -> None:
+        """Record the image file at ``path`` (a plot, a grid of episodes) under ``key``."""
+
+    def log_summary(self, values: Mapping[str, Any]) -> None:
+        """Record the final numbers of the run (e.g. the test table); later values win."""
+
     def close(self) -> None:
         """Flush and release resources."""

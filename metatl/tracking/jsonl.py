@@ -15,7 +15,9 @@ __all__ = ["JsonlTracker", "read_jsonl"]
 class JsonlTracker:
     """Appends every record to ``path`` as a line ``{"kind", "step", "time", ...}``.
 
-    Each line is flushed when written, so a killed run keeps everything it logged.
+    Kinds: ``metrics`` (the metrics at top level), ``config``, ``artifact`` (path, name),
+    ``image`` (key, path, caption; step may be null) and ``summary``. Each line is flushed
+    when written, so a killed run keeps everything it logged.
 
     Args:
         path: The log file (created with its parent directories; appended to).
@@ -53,6 +55,23 @@ class JsonlTracker:
             }
         )
 
+    def log_image(
+        self, key: str, path: str | Path, step: int | None = None, caption: str | None = None
+    ) -> None:
+        self._write(
+            {
+                "kind": "image",
+                "step": None if step is None else int(step),
+                "time": time.time(),
+                "key": key,
+                "path": str(path),
+                "caption": caption,
+            }
+        )
+
+    def log_summary(self, values: Mapping[str, Any]) -> None:
+        self._write({"kind": "summary", "time": time.time(), "summary": _finite_tree(values)})
+
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
@@ -68,6 +87,14 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf; keep them visible rather than invalid
     return value
+
+
+def _finite_tree(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _finite_tree(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_tree(v) for v in value]
+    return _finite(value)
 
 
 def _jsonable(value: Any) -> Any:
