@@ -50,7 +50,7 @@ $(GLYPHS)/manifest.json: | $(VENV)/.installed fonts
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[plots]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml

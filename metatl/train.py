@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from metatl.cli import run_main
 from metatl.config import ConfigError, RunConfig, load_config
+from metatl.tracking import sweep_overrides
 from metatl.training import run_experiment
 
 
@@ -37,7 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             result = run_experiment(RunConfig(), resume_dir=args.resume)
         else:
-            result = run_experiment(load_config(args.config, overrides))
+            # Under `wandb.agent(function=...)` the sweep's parameters win over everything.
+            result = run_experiment(load_config(args.config, [*overrides, *sweep_overrides()]))
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())
         return 0

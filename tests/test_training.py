@@ -209,3 +209,30 @@ def test_image_transform_normalises_replicates_and_resizes() -> None:
     assert torch.allclose(rgb[:, 1], rgb[:, 0] - 0.5) and torch.allclose(rgb[:, 2], rgb[:, 0] - 1)
     with pytest.raises(ValueError, match="images have 3 channels but the backbone expects 1"):
         ImageTransform(InputSpec(1, 2, (0.5,), (0.5,)))(torch.zeros(1, 3, 2, 2, dtype=torch.uint8))
+
+
+def test_a_run_tracks_to_an_offline_wandb_run_in_its_directory(
+    folder_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WANDB_MODE")
+    args = [
+        "data.dataset=image_folder",
+        f"data.root={folder_dataset}",
+        f"out_dir={tmp_path}",
+        "name=tracked",
+        *TINY,
+        "train.steps=4",
+        "train.val_every=2",
+        "test.shots=[1]",
+        "tracking.wandb.mode=offline",
+        "tracking.wandb.tags=[unit,offline]",
+    ]
+    assert train_cli.main(args) == 0
+    run = tmp_path / "tracked"
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert offline.name.endswith((run / "wandb_run_id").read_text().strip())
+    (log,) = offline.glob("*.wandb")
+    assert log.stat().st_size > 0
+    summary = [r for r in read_jsonl(run / "metrics.jsonl") if r["kind"] == "summary"]
+    assert summary[0]["summary"]["val/best_step"] in (2, 4)
+    assert not Path("wandb").exists()  # nothing in the working directory

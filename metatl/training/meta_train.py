@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from episodes import EpisodeDataset, EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import Learner
 from metatl.config import RunConfig, config_from_dict, config_to_dict
-from metatl.tracking import JsonlTracker, Tracker
+from metatl.tracking import Tracker, create_tracker
 from metatl.training.builders import build_learner
 from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metatl.training.data import ImageTransform, load_split
@@ -274,7 +275,12 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
     build_methods(methods, learner, config)
 
     run_dir = Path(resume_dir) if resume_dir is not None else new_run_dir(config)
-    tracker = JsonlTracker(run_dir / "metrics.jsonl")
+    try:
+        tracker = create_tracker(config, run_dir, resume=resume is not None)
+    except BaseException:
+        if resume is None:  # W&B refused to start: leave no empty run directory behind
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     try:
         with stop_on_signals() as stop:
             if resume is None:
@@ -325,10 +331,21 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
             )
         result = RunResult(run_dir, best_val, test)
         write_results(run_dir / "results.json", result, config, {"train_time_s": train_time})
+        tracker.log_summary(summary_metrics(result) | {"train_time_s": train_time})
         tracker.log_artifact(run_dir / "best.pt")
         return result
     finally:
         tracker.close()
+
+
+def summary_metrics(result: RunResult) -> dict[str, float]:
+    """A run's final numbers under flat keys, as a sweep's metric or W&B's summary reads them."""
+    summary = {f"val/best_{k}": float(v) for k, v in result.best_val.items()}
+    for setting, rows in result.test.items():
+        for method, r in rows.items():
+            summary[f"test/{setting}/{method}/accuracy"] = r.mean
+            summary[f"test/{setting}/{method}/ci95"] = r.ci95
+    return summary
 
 
 def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
