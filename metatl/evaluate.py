@@ -1,24 +1,35 @@
 """``python -m metatl.evaluate --checkpoint RUN_DIR [--methods protonet linear finetune]
-[--way 5 --shot 1 5 --episodes 600] [key=value ...]``."""
+[--way 5 --shot 1 5 --episodes 600] [--out-dir DIR] [key=value ...]``.
+
+Every evaluation ends in its own directory (by default ``evaluations/<timestamp>`` in the
+checkpoint's run directory) with ``results.json``, ``report.md`` and plots.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from metatl.cli import run_main
-from metatl.config import config_from_dict
+from metatl.config import config_from_dict, config_to_dict
+from metatl.reports import write_run_report
+from metatl.reports.atomic import write_text_atomic
 from metatl.training import build_learner, load_checkpoint, load_split
 from metatl.training.evaluation import (
+    EvalResult,
     default_methods,
     evaluate_methods,
     format_paired_table,
     format_table,
     list_methods,
+    paired_difference,
 )
 
 
@@ -48,14 +59,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", help="data split to evaluate on (default: the test split)")
     parser.add_argument("--data-root", help="dataset root, if it moved since training")
     parser.add_argument("--no-pixel-baseline", action="store_true")
-    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        help="directory for results.json, report.md and the plots (default: "
+        "evaluations/<timestamp> in the checkpoint's run directory); an existing directory "
+        "is never reused: DIR-2, DIR-3, ... instead",
+    )
+    parser.add_argument(
+        "--json", type=Path, help="also write the per-setting summaries to this JSON file"
+    )
     args, overrides = parser.parse_known_args(argv)
     # `--methods a b key=value`: nargs="+" swallows the overrides that follow the names.
     methods = [m for m in args.methods or [] if "=" not in m]
     overrides += [m for m in args.methods or [] if "=" in m]
 
     def body() -> int:
-        checkpoint = load_checkpoint(args.checkpoint)
+        checkpoint_file = Path(args.checkpoint)
+        if checkpoint_file.is_dir():
+            checkpoint_file /= "best.pt"
+        checkpoint = load_checkpoint(checkpoint_file)
         config = config_from_dict(checkpoint["config"], overrides)
         test = dataclasses.replace(
             config.test,
@@ -87,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         learner.load_state_dict(checkpoint["model"])
         names = methods or default_methods(config)
+        started = time.perf_counter()
         table = evaluate_methods(names, learner, split, config)
+        eval_time = time.perf_counter() - started
         print(
             f"\n{split.name}: {split.num_classes} classes, {config.test.episodes} episodes per "
             f"setting, {config.test.query} queries per class\n"
@@ -97,12 +122,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         if paired:
             print("\nPaired differences (percentage points, mean ± 95% CI over the episodes):\n")
             print(paired)
+        summaries = {s: {m: r.summary() for m, r in rows.items()} for s, rows in table.items()}
         if args.json:
-            summary = {s: {m: r.summary() for m, r in rows.items()} for s, rows in table.items()}
-            args.json.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+            args.json.write_text(json.dumps(summaries, indent=2, sort_keys=True) + "\n")
+        results = {
+            "checkpoint": str(checkpoint_file),
+            "checkpoint_step": checkpoint.get("step"),
+            "run_dir": str(checkpoint_file.parent),
+            "best_val": checkpoint.get("val") or {},
+            "split": split.name,
+            "test": summaries,
+            "paired": paired_differences(table),
+            "config": config_to_dict(config),
+            "eval_time_s": eval_time,
+        }
+        out_dir = new_directory(
+            args.out_dir or checkpoint_file.parent / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
+        )
+        write_text_atomic(
+            out_dir / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n"
+        )
+        plots = write_run_report(out_dir, results=results, records=[], table=table)
+        print(
+            f"\nReport: {out_dir / 'report.md'} (results.json and {len(plots)} plot(s) beside it)"
+        )
         return 0
 
     return run_main(body)
+
+
+def paired_differences(
+    table: Mapping[str, Mapping[str, EvalResult]],
+) -> list[dict[str, Any]]:
+    """Every pair of methods in each setting: ``{"setting", "a", "b", "difference", "ci95"}``,
+    the mean and 95% half-width of the per-episode differences ``a - b``."""
+    pairs = []
+    for setting, rows in table.items():
+        for a, b in itertools.combinations(rows, 2):
+            mean, ci = paired_difference(rows[a], rows[b])
+            pairs.append({"setting": setting, "a": a, "b": b, "difference": mean, "ci95": ci})
+    return pairs
+
+
+def new_directory(base: Path) -> Path:
+    """Create ``base``, or ``base-2``, ``base-3``, ... if it exists; never reuses one."""
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
 
 
 if __name__ == "__main__":

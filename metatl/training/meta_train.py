@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from episodes import EpisodeDataset, EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import Learner
 from metatl.config import RunConfig, config_from_dict, config_to_dict
+from metatl.reports import write_run_report
 from metatl.tracking import Tracker, create_tracker
 from metatl.training.builders import build_learner
 from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -332,6 +333,9 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
         result = RunResult(run_dir, best_val, test)
         write_results(run_dir / "results.json", result, config, {"train_time_s": train_time})
         tracker.log_summary(summary_metrics(result) | {"train_time_s": train_time})
+        for plot in write_run_report(run_dir, table=test):
+            tracker.log_image(plot.stem, plot, step=config.train.steps)
+        tracker.log_artifact(run_dir / "report.md")
         tracker.log_artifact(run_dir / "best.pt")
         return result
     finally:

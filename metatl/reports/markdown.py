@@ -1,0 +1,142 @@
+"""``report.md`` of a run or an evaluation: summary, test table, paired differences, plots.
+
+The tables are :func:`~metatl.training.evaluation.format_table` and
+:func:`~metatl.training.evaluation.format_paired_table`, the same Markdown the CLIs print.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from metatl.reports.extract import TestSummary, mean_ci
+
+if TYPE_CHECKING:
+    from metatl.training.evaluation import EvalResult
+
+__all__ = ["render_run_report"]
+
+
+def render_run_report(
+    results: Mapping[str, Any],
+    plots: Sequence[str | Path] = (),
+    *,
+    table: Mapping[str, Mapping[str, EvalResult]] | None = None,
+    relative_to: str | Path | None = None,
+) -> str:
+    """The Markdown report of a ``results.json``.
+
+    Args:
+        results: A run's ``results.json`` (``run_dir``, ``best_val``, ``test``, ``config``,
+            ``train_time_s``) or an evaluation's (which adds ``checkpoint`` and ``split``);
+            missing keys leave their line out.
+        plots: PNGs to show, in order.
+        table: The per-episode results behind ``results["test"]``, when still in memory:
+            the test table is then made from it, and the paired differences between methods
+            (which need per-episode accuracies, absent from ``results.json``) are added.
+        relative_to: The report's directory; plot links are made relative to it.
+
+    Returns:
+        The report, ending in a newline.
+    """
+    # Imported here: metatl.training may import this package to write its run reports.
+    from metatl.training.evaluation import format_paired_table
+
+    checkpoint = results.get("checkpoint")
+    title = f"# Evaluation of `{checkpoint}`" if checkpoint else f"# Run `{results.get('run_dir')}`"
+    sections = [title, _summary(results)]
+    test = _test_table(results.get("test") or {}, table)
+    sections += [
+        "## Test accuracy",
+        "Mean ± 95% confidence interval (%), every method on the same episodes.\n\n" + test
+        if test
+        else "No test results.",
+    ]
+    paired = format_paired_table(table) if table else ""
+    if paired:
+        sections += [
+            "## Paired differences",
+            "Percentage points, mean ± 95% confidence interval of the per-episode "
+            "differences (narrower than the separate intervals when the methods find the "
+            "same episodes hard).\n\n" + paired,
+        ]
+    if plots:
+        sections += ["## Plots", "\n\n".join(_image(p, relative_to) for p in plots)]
+    return "\n\n".join(s for s in sections if s) + "\n"
+
+
+def _summary(results: Mapping[str, Any]) -> str:
+    config = results.get("config") or {}
+    model, data = config.get("model") or {}, config.get("data") or {}
+    lines = []
+    described = [
+        f"{name}: {value}"
+        for name, value in (
+            ("algorithm", model.get("algorithm")),
+            ("backbone", model.get("backbone")),
+            ("dataset", data.get("dataset")),
+        )
+        if value
+    ]
+    if described:
+        lines.append(", ".join(described))
+    steps = (config.get("train") or {}).get("steps")
+    if steps == 0:
+        lines.append("no meta-training (train.steps=0)")
+    elif steps is not None:
+        trained = f"meta-training: {steps} steps"
+        if results.get("train_time_s") is not None:
+            trained += f" in {_duration(results['train_time_s'])}"
+        lines.append(trained)
+    best = results.get("best_val") or {}
+    if "accuracy" in best:
+        line = f"best validation: {_percent(best['accuracy'], best.get('ci95', 0.0))}%"
+        lines.append(line + (f" at step {best['step']}" if "step" in best else ""))
+    if results.get("checkpoint_step") is not None:
+        lines.append(f"checkpoint of step {results['checkpoint_step']}")
+    episodes = {
+        int(r["episodes"])
+        for rows in (results.get("test") or {}).values()
+        for r in rows.values()
+        if "episodes" in r
+    }
+    if episodes:
+        tested = f"test: {'/'.join(map(str, sorted(episodes)))} episodes per setting"
+        query = (config.get("test") or {}).get("query")
+        tested += f", {query} queries per class" if query else ""
+        tested += f", split {results['split']}" if results.get("split") else ""
+        lines.append(tested)
+    return "\n".join(f"- {line}" for line in lines)
+
+
+def _test_table(test: TestSummary, table: Mapping[str, Mapping[str, EvalResult]] | None) -> str:
+    from metatl.training.evaluation import EvalResult, format_table
+
+    if table is None:
+        # format_table reads only mean and ci95, which the summaries keep.
+        table = {
+            setting: {method: EvalResult((), *mean_ci(summary)) for method, summary in rows.items()}
+            for setting, rows in test.items()
+        }
+    return format_table(table) if any(table.values()) else ""
+
+
+def _image(path: str | Path, relative_to: str | Path | None) -> str:
+    link = Path(os.path.relpath(path, relative_to)) if relative_to is not None else Path(path)
+    return f"![{Path(path).stem.replace('_', ' ')}]({link.as_posix()})"
+
+
+def _percent(mean: float, ci: float) -> str:
+    return f"{100 * mean:.2f} ± {100 * ci:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
