@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from metatl.cli import run_main
-from metatl.config import config_from_dict, config_to_dict
+from metatl.config import RunConfig, config_from_dict, config_to_dict
 from metatl.reports import write_run_report
 from metatl.reports.atomic import write_text_atomic
+from metatl.tracking import create_tracker
 from metatl.training import build_learner, load_checkpoint, load_split
 from metatl.training.evaluation import (
     EvalResult,
@@ -31,6 +32,7 @@ from metatl.training.evaluation import (
     list_methods,
     paired_difference,
 )
+from metatl.training.meta_train import new_directory, test_metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,12 +145,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             out_dir / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n"
         )
         plots = write_run_report(out_dir, results=results, records=[], table=table)
+        _track(config, out_dir, checkpoint_file, table, plots)
         print(
             f"\nReport: {out_dir / 'report.md'} (results.json and {len(plots)} plot(s) beside it)"
         )
         return 0
 
     return run_main(body)
+
+
+def _track(
+    config: RunConfig,
+    out_dir: Path,
+    checkpoint: Path,
+    table: Mapping[str, Mapping[str, EvalResult]],
+    plots: Sequence[Path],
+) -> None:
+    """Log the evaluation as a run of its own (JSONL in ``out_dir``, and W&B as configured)."""
+    wandb = config.tracking.wandb
+    name = wandb.name or f"{checkpoint.parent.name}/eval-{out_dir.name}"
+    config = dataclasses.replace(
+        config,
+        tracking=dataclasses.replace(config.tracking, wandb=dataclasses.replace(wandb, name=name)),
+    )
+    tracker = create_tracker(config, out_dir)
+    try:
+        tracker.log_config(config_to_dict(config) | {"checkpoint": str(checkpoint)})
+        tracker.log(test_metrics(table), 0)
+        tracker.log_summary(test_metrics(table))
+        for plot in plots:
+            tracker.log_image(plot.stem, plot, step=0)
+        tracker.log_artifact(out_dir / "report.md")
+    finally:
+        tracker.close()
 
 
 def paired_differences(
@@ -162,18 +191,6 @@ def paired_differences(
             mean, ci = paired_difference(rows[a], rows[b])
             pairs.append({"setting": setting, "a": a, "b": b, "difference": mean, "ci95": ci})
     return pairs
-
-
-def new_directory(base: Path) -> Path:
-    """Create ``base``, or ``base-2``, ``base-3``, ... if it exists; never reuses one."""
-    candidate, n = base, 1
-    while True:
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def test_evaluate_writes_results_report_and_plots(run_dir: Path, tmp_path: Path,
     protonet = results["test"]["5-way 2-shot"]["protonet"]
     assert f"{100 * protonet['accuracy']:.2f} ± {100 * protonet['ci95']:.2f}" in report
     assert "| protonet − pixels | " in report
-    expected = {"results.json", "report.md"}
+    expected = {"results.json", "report.md", "metrics.jsonl"}  # the evaluation's own log
     if matplotlib_available():
         expected |= {"methods.png", "accuracy_vs_shots.png"}
         assert "![methods](methods.png)" in report
@@ -110,7 +110,11 @@ def test_evaluate_without_matplotlib(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     args = ["--checkpoint", str(run_dir), *ARGS, "--shot", "1", "--out-dir", str(tmp_path / "e")]
     assert evaluate_cli.main(args) == 0
-    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["report.md", "results.json"]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "metrics.jsonl",
+        "report.md",
+        "results.json",
+    ]
 
 
 def test_failed_evaluation_leaves_no_directory(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -324,12 +324,7 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
                 )
             learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
             test = evaluate_methods(methods, learner, splits["test"], config)
-        for setting, results in test.items():
-            tracker.log(
-                {f"test/{setting}/{m}/accuracy": r.mean for m, r in results.items()}
-                | {f"test/{setting}/{m}/ci95": r.ci95 for m, r in results.items()},
-                config.train.steps,
-            )
+        tracker.log(test_metrics(test), config.train.steps)
         result = RunResult(run_dir, best_val, test)
         write_results(run_dir / "results.json", result, config, {"train_time_s": train_time})
         tracker.log_summary(summary_metrics(result) | {"train_time_s": train_time})
@@ -344,12 +339,19 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
 
 def summary_metrics(result: RunResult) -> dict[str, float]:
     """A run's final numbers under flat keys, as a sweep's metric or W&B's summary reads them."""
-    summary = {f"val/best_{k}": float(v) for k, v in result.best_val.items()}
-    for setting, rows in result.test.items():
+    return {f"val/best_{k}": float(v) for k, v in result.best_val.items()} | test_metrics(
+        result.test
+    )
+
+
+def test_metrics(test: Mapping[str, Mapping[str, EvalResult]]) -> dict[str, float]:
+    """``test/<setting>/<method>/accuracy`` and ``.../ci95`` of a test table."""
+    flat = {}
+    for setting, rows in test.items():
         for method, r in rows.items():
-            summary[f"test/{setting}/{method}/accuracy"] = r.mean
-            summary[f"test/{setting}/{method}/ci95"] = r.ci95
-    return summary
+            flat[f"test/{setting}/{method}/accuracy"] = r.mean
+            flat[f"test/{setting}/{method}/ci95"] = r.ci95
+    return flat
 
 
 def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
@@ -388,13 +390,22 @@ def new_run_dir(config: RunConfig) -> Path:
     name = config.name or time.strftime(
         f"{config.model.algorithm}-{config.model.backbone}-{config.data.dataset}-%Y%m%d-%H%M%S"
     )
-    base = Path(config.out_dir) / name
+    return new_directory(Path(config.out_dir) / name)
+
+
+def new_directory(base: Path) -> Path:
+    """Create ``base``, or ``base-2``, ``base-3``, ... if it exists; never reuses one.
+
+    ``mkdir`` itself is the test, so two processes starting at once get different ones.
+    """
     candidate, n = base, 1
-    while candidate.exists():
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    candidate.mkdir(parents=True)
-    return candidate
+    while True:
+        try:
+            candidate.mkdir(parents=True)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}-{n}")
 
 
 def write_results(
