@@ -17,10 +17,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metatl.atomic_io import write_text_atomic
 from metatl.cli import run_main
 from metatl.config import RunConfig, config_from_dict, config_to_dict
 from metatl.reports import write_run_report
-from metatl.reports.atomic import write_text_atomic
 from metatl.tracking import create_tracker
 from metatl.training import build_learner, load_checkpoint, load_split
 from metatl.training.evaluation import (

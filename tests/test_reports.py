@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from metatl.atomic_io import write_atomic
 from metatl.reports import (
     matplotlib_available,
     plot_accuracy_vs_shots,
@@ -19,7 +21,6 @@ from metatl.reports import (
     render_run_report,
     write_run_report,
 )
-from metatl.reports.atomic import write_atomic
 from metatl.reports.extract import metric_series, parse_setting, shots_by_way
 from metatl.tracking import JsonlTracker
 from metatl.training.evaluation import EvalResult, paired_difference
@@ -178,6 +179,16 @@ def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path: Path) -> No
     with pytest.raises(RuntimeError):
         write_atomic(tmp_path / "x.png", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_gives_the_permissions_open_would(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "x.json", lambda f: f.write(b"{}"))
+    finally:
+        os.umask(previous)
+    assert path.read_bytes() == b"{}"
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
 
 
 # ---- report.md -------------------------------------------------------------------------------

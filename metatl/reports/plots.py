@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metatl.reports.atomic import write_atomic
+from metatl.atomic_io import write_atomic
 from metatl.reports.extract import (
     TestSummary,
     mean_ci,

@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from metatl.atomic_io import write_text_atomic
 from metatl.reports import plots as _plots
-from metatl.reports.atomic import write_text_atomic
 from metatl.reports.extract import metric_series, shots_by_way
 from metatl.reports.markdown import render_run_report
 from metatl.tracking import read_jsonl

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from metatl.reports.atomic import write_text_atomic
+from metatl.atomic_io import write_text_atomic
 from metatl.sweeping.command import format_value
 from metatl.sweeping.spec import SweepSpec
 from metatl.sweeping.state import SweepState, Trial

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from metatl.reports.atomic import write_text_atomic
+from metatl.atomic_io import write_text_atomic
 from metatl.training.meta_train import new_directory
 
 if TYPE_CHECKING:

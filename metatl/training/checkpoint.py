@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from metatl.atomic_io import write_atomic
 
 __all__ = ["CheckpointError", "load_checkpoint", "save_checkpoint"]
 
@@ -23,19 +23,9 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
 
     A crash mid-write leaves the previous file intact, never a truncated one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(
+        path, lambda f: torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

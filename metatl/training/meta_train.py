@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from episodes import EpisodeDataset, EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import Learner
+from metatl.atomic_io import write_text_atomic
 from metatl.config import RunConfig, config_from_dict, config_to_dict
 from metatl.reports import write_run_report
 from metatl.tracking import Tracker, create_tracker
@@ -418,9 +419,7 @@ def write_results(
         "config": config_to_dict(config),
         **(extra or {}),
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def _save(path: Path, learner: Learner, config: RunConfig, step: int, val: dict) -> None:
