@@ -331,6 +331,7 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
         tracker.log_summary(summary_metrics(result) | {"train_time_s": train_time})
         for plot in write_run_report(run_dir, table=test):
             tracker.log_image(plot.stem, plot, step=config.train.steps)
+            tracker.log_artifact(plot)
         tracker.log_artifact(run_dir / "report.md")
         tracker.log_artifact(run_dir / "best.pt")
         return result
