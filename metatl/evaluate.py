@@ -110,7 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         learner = build_learner(
             dataclasses.replace(config, model=model), channels, size, n_way=config.episodes.way
         )
-        learner.load_state_dict(checkpoint["model"])
+        state = checkpoint["model"]
+        if checkpoint.get("kind") == "pretrain":  # a backbone and its pretraining classifier
+            state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        learner.load_state_dict(state)
         names = methods or default_methods(config)
         started = time.perf_counter()
         table = evaluate_methods(names, learner, split, config)

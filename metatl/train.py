@@ -17,7 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m metatl.train",
         description="Meta-train a few-shot learner, keep the best checkpoint on validation, "
-        "and report test accuracy ± 95%% CI on a fixed set of episodes.",
+        "and report test accuracy ± 95% CI on a fixed set of episodes.",
         epilog="Overrides: dotted keys of the config, e.g. optim.lr=3e-4 or --train.steps=2000.",
     )
     parser.add_argument("--config", help="YAML file of config keys (default: built-in defaults)")

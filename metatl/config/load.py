@@ -170,6 +170,17 @@ def validate(config: RunConfig) -> None:
             f"train.checkpoint_every must be >= 0 (0: at validation only), "
             f"got {config.train.checkpoint_every}"
         )
+    p = config.pretrain
+    for key, value, ok, allowed in (
+        ("pretrain.lr", p.lr, p.lr > 0, "> 0"),
+        ("pretrain.momentum", p.momentum, 0 <= p.momentum < 1, "in [0, 1)"),
+        ("pretrain.weight_decay", p.weight_decay, p.weight_decay >= 0, ">= 0"),
+        ("pretrain.label_smoothing", p.label_smoothing, 0 <= p.label_smoothing < 1, "in [0, 1)"),
+        ("pretrain.crop_padding", p.crop_padding, p.crop_padding >= 0, ">= 0"),
+        ("pretrain.batch_size", p.batch_size, p.batch_size >= 2, ">= 2 (BatchNorm)"),
+    ):
+        if not ok:
+            raise ConfigError(f"{key} must be {allowed}, got {value}")
     if config.episodes.way < 2 or config.test.way < 2 or config.train.val_way < 2:
         raise ConfigError("episodes.way, train.val_way and test.way must be at least 2")
 

@@ -74,7 +74,12 @@ def _summary(results: Mapping[str, Any]) -> str:
     described = [
         f"{name}: {value}"
         for name, value in (
-            ("algorithm", model.get("algorithm")),
+            (
+                "algorithm",
+                "supervised pretraining (cross-entropy over every training class)"
+                if results.get("kind") == "pretrain"
+                else model.get("algorithm"),
+            ),
             ("backbone", model.get("backbone")),
             ("dataset", data.get("dataset")),
         )
@@ -83,7 +88,13 @@ def _summary(results: Mapping[str, Any]) -> str:
     if described:
         lines.append(", ".join(described))
     steps = (config.get("train") or {}).get("steps")
-    if steps == 0:
+    if results.get("kind") == "pretrain":
+        epochs = (config.get("pretrain") or {}).get("epochs")
+        trained = f"pretraining: {epochs} epochs, {results.get('steps')} steps"
+        if results.get("train_time_s") is not None:
+            trained += f" in {_duration(results['train_time_s'])}"
+        lines.append(trained)
+    elif steps == 0:
         lines.append("no meta-training (train.steps=0)")
     elif steps is not None:
         trained = f"meta-training: {steps} steps"

@@ -21,6 +21,7 @@ from metatl.training.meta_train import (
     meta_train,
     run_experiment,
 )
+from metatl.training.pretrain import run_pretraining
 
 __all__ = [
     "CheckpointError",
@@ -42,5 +43,6 @@ __all__ = [
     "paired_difference",
     "register_method",
     "run_experiment",
+    "run_pretraining",
     "save_checkpoint",
 ]
