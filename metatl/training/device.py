@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 
 import torch
@@ -10,6 +11,8 @@ import torch
 from metatl.config import ConfigError
 
 __all__ = ["PRECISIONS", "autocast", "grad_scaler", "resolve_device"]
+
+logger = logging.getLogger(__name__)
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -70,5 +73,13 @@ def autocast(device: torch.device | str, precision: str) -> Iterator[None]:
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """A loss scaler, enabled for fp16 only (bf16 has fp32's range and needs none)."""
+    """A loss scaler, enabled for fp16 only (bf16 has fp32's range and needs none).
+
+    Training loops build one per run, so this is also where a slow choice is pointed out.
+    """
+    if precision == "fp16" and device.type == "cpu":
+        logger.warning(
+            "precision=fp16 on the CPU runs ~10x slower than fp32 (few CPUs have fp16 "
+            "kernels); use precision=bf16 there (benchmarks/precision_step_time.py)"
+        )
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -186,8 +186,10 @@ def meta_train(
             for key in metrics:
                 metrics[key] += episode_metrics[key] / meta_batch
         scaler.step(optimizer)
+        scale = scaler.get_scale()
         scaler.update()
-        scheduler.step()
+        if scaler.get_scale() >= scale:  # fp16 skips a step whose gradients overflowed
+            scheduler.step()
         window.append(metrics)
         if step % tcfg.log_every == 0 or step == tcfg.steps:
             elapsed = time.perf_counter() - window_start
