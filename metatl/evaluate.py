@@ -17,16 +17,19 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from episodes import LabelledImages
+from metatl.algorithms import Learner
 from metatl.atomic_io import write_text_atomic
 from metatl.cli import run_main
-from metatl.config import RunConfig, config_from_dict, config_to_dict
+from metatl.config import ConfigError, RunConfig, config_from_dict, config_to_dict
 from metatl.reports import write_run_report
 from metatl.tracking import create_tracker
 from metatl.training import build_learner, load_checkpoint, load_split
 from metatl.training.evaluation import (
     EvalResult,
+    build_methods,
     default_methods,
-    evaluate_methods,
+    evaluate_learners,
     format_paired_table,
     format_table,
     list_methods,
@@ -44,7 +47,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Overrides: dotted config keys applied to the checkpoint's config, e.g. "
         "finetune.n_blocks=2 or --test.query=5 (once the schema has those sections).",
     )
-    parser.add_argument("--checkpoint", required=True, help="a .pt file or a run directory")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        help="a .pt file or a run directory; several are compared on the same episodes "
+        "(their methods are named <run>/<method>), with paired differences",
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -77,46 +86,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides += [m for m in args.methods or [] if "=" in m]
 
     def body() -> int:
-        checkpoint_file = Path(args.checkpoint)
-        if checkpoint_file.is_dir():
-            checkpoint_file /= "best.pt"
-        checkpoint = load_checkpoint(checkpoint_file)
-        config = config_from_dict(checkpoint["config"], overrides)
-        test = dataclasses.replace(
-            config.test,
-            **{
-                k: v
-                for k, v in {
-                    "way": args.way,
-                    "shots": args.shot,
-                    "query": args.query,
-                    "episodes": args.episodes,
-                    "seed": args.seed,
-                }.items()
-                if v is not None
-            },
-            pixel_baseline=not args.no_pixel_baseline,
-        )
-        data = (
-            config.data
-            if args.data_root is None
-            else dataclasses.replace(config.data, root=args.data_root)
-        )
-        config = dataclasses.replace(config, test=test, data=data)
+        checkpoints = [_checkpoint_file(c) for c in args.checkpoint]
+        loaded = [load_checkpoint(c) for c in checkpoints]
+        configs = [_effective_config(c["config"], overrides, args) for c in loaded]
+        config = configs[0]
+        for other, file in zip(configs[1:], checkpoints[1:], strict=True):
+            if _data_key(other) != _data_key(config):
+                raise ConfigError(
+                    f"{file} was trained on other data ({_data_key(other)}) than "
+                    f"{checkpoints[0]} ({_data_key(config)}); checkpoints are compared on one "
+                    "dataset: give data.* overrides or --data-root so that they agree"
+                )
         split = load_split(config.data, args.split or config.data.test_split)
-        channels, size, _ = split.image_shape
-        # The checkpoint holds every weight: no need to resolve model.pretrained again.
-        model = dataclasses.replace(config.model, pretrained="")
-        learner = build_learner(
-            dataclasses.replace(config, model=model), channels, size, n_way=config.episodes.way
-        )
-        state = checkpoint["model"]
-        if checkpoint.get("kind") == "pretrain":  # a backbone and its pretraining classifier
-            state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-        learner.load_state_dict(state)
-        names = methods or default_methods(config)
+        labels = _labels(checkpoints)
+        learners: dict[str, Learner] = {}
+        for i, (checkpoint, run_config) in enumerate(zip(loaded, configs, strict=True)):
+            learner = _learner(checkpoint, run_config, split)
+            names = methods or default_methods(run_config)
+            if i:  # raw pixels do not depend on the checkpoint: score them once
+                names = [n for n in names if n != "pixels"]
+            prefix = f"{labels[i]}/" if len(loaded) > 1 else ""
+            for name, method in build_methods(names, learner, run_config).items():
+                learners[name if name == "pixels" else prefix + name] = method
         started = time.perf_counter()
-        table = evaluate_methods(names, learner, split, config)
+        table = evaluate_learners(learners, split, config)
         eval_time = time.perf_counter() - started
         print(
             f"\n{split.name}: {split.num_classes} classes, {config.test.episodes} episodes per "
@@ -131,30 +124,87 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(summaries, indent=2, sort_keys=True) + "\n")
         results = {
-            "checkpoint": str(checkpoint_file),
-            "checkpoint_step": checkpoint.get("step"),
-            "run_dir": str(checkpoint_file.parent),
-            "best_val": checkpoint.get("val") or {},
+            "checkpoint": str(checkpoints[0]),
+            "checkpoint_step": loaded[0].get("step"),
+            "run_dir": str(checkpoints[0].parent),
+            "best_val": loaded[0].get("val") or {},
             "split": split.name,
             "test": summaries,
             "paired": paired_differences(table),
             "config": config_to_dict(config),
             "eval_time_s": eval_time,
         }
+        if len(checkpoints) > 1:
+            results["checkpoints"] = {
+                label: str(c) for label, c in zip(labels, checkpoints, strict=True)
+            }
         out_dir = new_directory(
-            args.out_dir or checkpoint_file.parent / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
+            args.out_dir or checkpoints[0].parent / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
         )
         write_text_atomic(
             out_dir / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n"
         )
         plots = write_run_report(out_dir, results=results, records=[], table=table)
-        _track(config, out_dir, checkpoint_file, table, plots)
+        _track(config, out_dir, checkpoints[0], table, plots)
         print(
             f"\nReport: {out_dir / 'report.md'} (results.json and {len(plots)} plot(s) beside it)"
         )
         return 0
 
     return run_main(body)
+
+
+def _checkpoint_file(path: str) -> Path:
+    file = Path(path)
+    return file / "best.pt" if file.is_dir() else file
+
+
+def _effective_config(
+    values: dict[str, Any], overrides: Sequence[str], args: argparse.Namespace
+) -> RunConfig:
+    """A checkpoint's config with the overrides and the episode options applied."""
+    config = config_from_dict(values, overrides)
+    chosen = {
+        "way": args.way,
+        "shots": args.shot,
+        "query": args.query,
+        "episodes": args.episodes,
+        "seed": args.seed,
+    }
+    test = dataclasses.replace(
+        config.test,
+        **{k: v for k, v in chosen.items() if v is not None},
+        pixel_baseline=not args.no_pixel_baseline,
+    )
+    data = config.data
+    if args.data_root is not None:
+        data = dataclasses.replace(data, root=args.data_root)
+    return dataclasses.replace(config, test=test, data=data)
+
+
+def _data_key(config: RunConfig) -> tuple[str, str, int, str]:
+    d = config.data
+    return d.dataset, d.root, d.image_size, d.test_split
+
+
+def _labels(checkpoints: Sequence[Path]) -> list[str]:
+    """Each checkpoint's run directory name, numbered where names repeat."""
+    names = [c.parent.name for c in checkpoints]
+    return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
+
+
+def _learner(checkpoint: dict[str, Any], config: RunConfig, split: LabelledImages) -> Learner:
+    channels, size, _ = split.image_shape
+    # The checkpoint holds every weight: no need to resolve model.pretrained again.
+    model = dataclasses.replace(config.model, pretrained="")
+    learner = build_learner(
+        dataclasses.replace(config, model=model), channels, size, n_way=config.episodes.way
+    )
+    state = checkpoint["model"]
+    if checkpoint.get("kind") == "pretrain":  # a backbone and its pretraining classifier
+        state = {k: v for k, v in state.items() if k.startswith("backbone.")}
+    learner.load_state_dict(state)
+    return learner
 
 
 def _track(

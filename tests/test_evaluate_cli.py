@@ -12,7 +12,7 @@ import torch
 
 from episodes import EpisodeSpec
 from metatl import evaluate as evaluate_cli
-from metatl.config import config_to_dict, load_config
+from metatl.config import config_from_dict, config_to_dict, load_config
 from metatl.reports import matplotlib_available
 from metatl.training import build_learner, save_checkpoint
 from tests.conftest import make_pattern_images, train_briefly
@@ -122,3 +122,39 @@ def test_failed_evaluation_leaves_no_directory(run_dir: Path, tmp_path: Path, ca
     assert evaluate_cli.main(args) == 2
     assert "unknown evaluation method 'knn'" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_several_checkpoints_are_compared_on_the_same_episodes(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = torch.load(run_dir / "best.pt", weights_only=True)
+    untrained = tmp_path / "untrained"
+    torch.manual_seed(1)
+    fresh = build_learner(config_from_dict(checkpoint["config"]), 1, 28)
+    save_checkpoint(untrained / "best.pt", {**checkpoint, "model": fresh.state_dict(), "step": 0})
+
+    alone = tmp_path / "alone"
+    assert evaluate_cli.main(["--checkpoint", str(run_dir), *ARGS, "--out-dir", str(alone)]) == 0
+    both = tmp_path / "both"
+    argv = ["--checkpoint", str(run_dir), str(untrained), *ARGS, "--out-dir", str(both)]
+    assert evaluate_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    single = json.loads((alone / "results.json").read_text())["test"]
+    compared = json.loads((both / "results.json").read_text())
+    for setting, rows in compared["test"].items():
+        assert set(rows) == {"run/protonet", "untrained/protonet", "pixels"}
+        assert rows["run/protonet"] == single[setting]["protonet"]  # the very same episodes
+        assert rows["pixels"] == single[setting]["pixels"]
+    assert compared["checkpoints"] == {
+        "run": str(run_dir / "best.pt"),
+        "untrained": str(untrained / "best.pt"),
+    }
+    pairs = {(p["a"], p["b"]) for p in compared["paired"]}
+    assert ("run/protonet", "untrained/protonet") in pairs
+    assert "| run/protonet − untrained/protonet |" in out
+
+    elsewhere = tmp_path / "elsewhere"
+    moved = {**checkpoint["config"], "data": {**checkpoint["config"]["data"], "root": "/x"}}
+    save_checkpoint(elsewhere / "best.pt", {**checkpoint, "config": moved})
+    assert evaluate_cli.main(["--checkpoint", str(run_dir), str(elsewhere), *ARGS]) == 2
+    assert "was trained on other data" in capsys.readouterr().err

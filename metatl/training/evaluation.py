@@ -44,6 +44,7 @@ __all__ = [
     "build_methods",
     "default_methods",
     "evaluate",
+    "evaluate_learners",
     "evaluate_methods",
     "format_paired_table",
     "format_table",
@@ -283,9 +284,20 @@ def evaluate_methods(
     Returns:
         Setting (e.g. ``"5-way 1-shot"``) -> method -> result.
     """
+    return evaluate_learners(build_methods(names, learner, config), data, config, shots)
+
+
+def evaluate_learners(
+    learners: Mapping[str, Learner],
+    data: LabelledImages,
+    config: RunConfig,
+    shots: Sequence[int] | None = None,
+) -> dict[str, dict[str, EvalResult]]:
+    """As :func:`evaluate_methods`, for learners built already (e.g. from several
+    checkpoints, to compare them on the same episodes)."""
     tcfg = config.test
     device = resolve_device(config.device)
-    learners = {n: m.to(device) for n, m in build_methods(names, learner, config).items()}
+    learners = {n: m.to(device) for n, m in learners.items()}
     transforms = {n: ImageTransform(m.backbone.input_spec) for n, m in learners.items()}
     table: dict[str, dict[str, EvalResult]] = {}
     for shot in shots or tcfg.shots:
