@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from argparse import ArgumentParser, Namespace
+from collections.abc import Callable, Sequence
 
+from metatl.config import ConfigError
 from metatl.training.preemption import EXIT_PREEMPTED, Preempted
 
-__all__ = ["USER_ERRORS", "run_main"]
+__all__ = ["USER_ERRORS", "add_run_arguments", "check_resume", "run_main"]
 
 # Errors caused by the user's input: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError)
@@ -30,3 +32,23 @@ def run_main(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def add_run_arguments(parser: ArgumentParser) -> None:
+    """``--config FILE`` and ``--resume RUN_DIR``, as every run-starting entrypoint has."""
+    parser.add_argument("--config", help="YAML file of config keys (default: built-in defaults)")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its last.pt, with its own config (exactly: the "
+        "result equals an uninterrupted run's)",
+    )
+
+
+def check_resume(args: Namespace, overrides: Sequence[str]) -> None:
+    """A resumed run keeps the config it started with: refuse a new one."""
+    if args.resume and (args.config or overrides):
+        raise ConfigError(
+            "--resume continues a run with the config it was started with; drop "
+            f"--config and the overrides ({' '.join(overrides) or args.config})"
+        )

@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metatl.cli import run_main
-from metatl.config import ConfigError, load_config
+from metatl.cli import add_run_arguments, check_resume, run_main
+from metatl.config import load_config
 from metatl.training.pretrain import run_pretraining
 
 
@@ -22,22 +22,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Overrides: dotted keys of the config, e.g. pretrain.epochs=10 or "
         "--pretrain.lr=0.1.",
     )
-    parser.add_argument("--config", help="YAML file of config keys (default: built-in defaults)")
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a stopped run from its last.pt, with its own config (exactly: the "
-        "result equals an uninterrupted run's)",
-    )
+    add_run_arguments(parser)
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
+        check_resume(args, overrides)
         if args.resume:
-            if args.config or overrides:
-                raise ConfigError(
-                    "--resume continues a run with the config it was started with; drop "
-                    f"--config and the overrides ({' '.join(overrides) or args.config})"
-                )
             result = run_pretraining(load_config(), resume_dir=args.resume)
         else:
             result = run_pretraining(load_config(args.config, overrides))

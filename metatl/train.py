@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metatl.cli import run_main
-from metatl.config import ConfigError, RunConfig, load_config
+from metatl.cli import add_run_arguments, check_resume, run_main
+from metatl.config import RunConfig, load_config
 from metatl.tracking import sweep_overrides
 from metatl.training import run_experiment
 
@@ -20,22 +20,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "and report test accuracy ± 95% CI on a fixed set of episodes.",
         epilog="Overrides: dotted keys of the config, e.g. optim.lr=3e-4 or --train.steps=2000.",
     )
-    parser.add_argument("--config", help="YAML file of config keys (default: built-in defaults)")
-    parser.add_argument(
-        "--resume",
-        metavar="RUN_DIR",
-        help="continue a stopped run from its last.pt, with its own config (exactly: the "
-        "result equals an uninterrupted run's)",
-    )
+    add_run_arguments(parser)
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
+        check_resume(args, overrides)
         if args.resume:
-            if args.config or overrides:
-                raise ConfigError(
-                    "--resume continues a run with the config it was started with; drop "
-                    f"--config and the overrides ({' '.join(overrides) or args.config})"
-                )
             result = run_experiment(RunConfig(), resume_dir=args.resume)
         else:
             # Under `wandb.agent(function=...)` the sweep's parameters win over everything.

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from metatl import sweep as sweep_cli
-from metatl.config import RunConfig, config_to_dict, load_config, parse_overrides
+from metatl.config import RunConfig, config_to_dict, flatten, load_config, parse_overrides
 from metatl.sweeping import (
     SweepController,
     SweepSpecError,
@@ -37,17 +37,7 @@ SPECS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
 PROTONET = "configs/protonet_conv4_glyphs.yaml"
 
 
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-CONFIG_KEYS = set(_flat(config_to_dict(RunConfig())))
+CONFIG_KEYS = set(flatten(config_to_dict(RunConfig())))
 
 
 # --- the shipped specs ----------------------------------------------------------------------
@@ -160,7 +150,7 @@ def test_expand_command_replaces_macros_like_the_agent(
 def test_every_args_form_gives_the_train_cli_the_same_config(macro: str) -> None:
     argv = expand_command(["${interpreter}", "-m", "metatl.train", macro], PARAMS)
     config = load_config(REPO / PROTONET, parse_overrides(argv[3:]))
-    flat = _flat(config_to_dict(config))
+    flat = flatten(config_to_dict(config))
     assert {k: flat[k] for k in PARAMS} == PARAMS
 
 

@@ -4,6 +4,7 @@ from metatl.config.load import (
     ConfigError,
     config_from_dict,
     config_to_dict,
+    flatten,
     load_config,
     parse_overrides,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "WandbConfig",
     "config_from_dict",
     "config_to_dict",
+    "flatten",
     "load_config",
     "parse_overrides",
 ]

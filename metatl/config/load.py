@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from metatl.config.schema import RunConfig
 
-__all__ = ["ConfigError", "config_to_dict", "load_config", "parse_overrides"]
+__all__ = ["ConfigError", "config_to_dict", "flatten", "load_config", "parse_overrides"]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet"),
@@ -118,7 +118,7 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 def validate(config: RunConfig) -> None:
     """Check value ranges and choices that types alone cannot express."""
-    values = _flatten(config_to_dict(config))
+    values = flatten(config_to_dict(config))
     for key, allowed in CHOICES.items():
         if values[key] not in allowed:
             raise ConfigError(
@@ -222,11 +222,12 @@ def _known_keys(parent: str) -> list[str]:
     return [prefix + k for k in node] if isinstance(node, dict) else []
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as ``{"a.b.c": leaf}`` (dotted keys, as overrides spell them)."""
     flat: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat

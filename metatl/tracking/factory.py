@@ -6,13 +6,13 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-from metatl.config import RunConfig, config_to_dict
+from metatl.config import RunConfig, config_to_dict, flatten
 from metatl.tracking.base import Tracker
 from metatl.tracking.jsonl import JsonlTracker
 from metatl.tracking.multi import MultiTracker
@@ -50,7 +50,7 @@ def create_tracker(config: RunConfig, run_dir: str | Path, *, resume: bool = Fal
 
 def config_keys() -> list[str]:
     """Every dotted leaf key of :class:`RunConfig`, e.g. ``model.maml.inner_lr``, sorted."""
-    return sorted(_flatten(config_to_dict(RunConfig())))
+    return sorted(flatten(config_to_dict(RunConfig())))
 
 
 def sweep_overrides(keys: Iterable[str] | None = None) -> list[str]:
@@ -70,7 +70,7 @@ def sweep_overrides(keys: Iterable[str] | None = None) -> list[str]:
     if run is None:
         return []
     known = set(config_keys() if keys is None else keys)
-    values = _flatten(dict(run.config))
+    values = flatten(dict(run.config))
     unknown = sorted(k for k in values if k not in known and "." in k)
     if unknown:
         logger.warning("W&B run config keys that are not config keys, ignored: %s", unknown)
@@ -133,13 +133,3 @@ def _same(parsed: Any, value: Any) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return isinstance(parsed, float) and math.isnan(parsed)
     return type(parsed) is type(value) and parsed == value
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -327,18 +327,27 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
                 )
             learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
             test = evaluate_methods(methods, learner, splits["test"], config)
-        tracker.log(test_metrics(test), config.train.steps)
         result = RunResult(run_dir, best_val, test)
-        write_results(run_dir / "results.json", result, config, {"train_time_s": train_time})
-        tracker.log_summary(summary_metrics(result) | {"train_time_s": train_time})
-        for plot in write_run_report(run_dir, table=test):
-            tracker.log_image(plot.stem, plot, step=config.train.steps)
-            tracker.log_artifact(plot)
-        tracker.log_artifact(run_dir / "report.md")
-        tracker.log_artifact(run_dir / "best.pt")
+        finish_run(result, config, tracker, config.train.steps, {"train_time_s": train_time})
         return result
     finally:
         tracker.close()
+
+
+def finish_run(
+    result: RunResult, config: RunConfig, tracker: Tracker, step: int, extra: dict[str, Any]
+) -> None:
+    """The end of every run: the test table logged at ``step``, ``results.json`` (with
+    ``extra``), the summary, ``report.md`` and the plots, logged and uploaded."""
+    run_dir = result.run_dir
+    tracker.log(test_metrics(result.test), step)
+    write_results(run_dir / "results.json", result, config, extra)
+    tracker.log_summary(summary_metrics(result) | {"train_time_s": extra.get("train_time_s")})
+    for plot in write_run_report(run_dir, table=result.test):
+        tracker.log_image(plot.stem, plot, step=step)
+        tracker.log_artifact(plot)
+    tracker.log_artifact(run_dir / "report.md")
+    tracker.log_artifact(run_dir / "best.pt")
 
 
 def summary_metrics(result: RunResult) -> dict[str, float]:

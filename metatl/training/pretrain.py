@@ -35,7 +35,6 @@ from episodes import EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import ProtoNet
 from metatl.backbones import Backbone, WeightsError, create_backbone
 from metatl.config import ConfigError, RunConfig, config_from_dict, config_to_dict
-from metatl.reports import write_run_report
 from metatl.tracking import Tracker, create_tracker
 from metatl.training.augment import BatchAugment, derived_generator
 from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -46,10 +45,8 @@ from metatl.training.meta_train import (
     NonFiniteLossError,
     RunResult,
     episode_specs,
+    finish_run,
     new_run_dir,
-    summary_metrics,
-    test_metrics,
-    write_results,
 )
 from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
 from metatl.training.rng import capture_rng_state, restore_rng_state
@@ -564,16 +561,14 @@ def run_pretraining(config: RunConfig, *, resume_dir: str | Path | None = None) 
             model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
             test = evaluate_methods(methods, ProtoNet(model.backbone), splits["test"], eval_config)
         step, train_time = trainer.progress.step, trainer.progress.train_time_s
-        tracker.log(test_metrics(test), step)
         result = RunResult(run_dir, best_val, test)
-        extra = {"kind": "pretrain", "train_time_s": train_time, "steps": step}
-        write_results(run_dir / "results.json", result, config, extra)
-        tracker.log_summary(summary_metrics(result) | {"train_time_s": train_time})
-        for plot in write_run_report(run_dir, table=test):
-            tracker.log_image(plot.stem, plot, step=step)
-            tracker.log_artifact(plot)
-        tracker.log_artifact(run_dir / "report.md")
-        tracker.log_artifact(run_dir / "best.pt")
+        finish_run(
+            result,
+            config,
+            tracker,
+            step,
+            {"kind": "pretrain", "train_time_s": train_time, "steps": step},
+        )
         return result
     finally:
         tracker.close()
