@@ -76,6 +76,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     monkeypatch.undo()
     cut = tmp_path / "cut"
     assert load_checkpoint(cut / "last.pt")["step"] == 6
+    time_before_the_stop = load_checkpoint(cut / "last.pt")["train_time_s"]
     assert not (cut / "results.json").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
 
@@ -93,6 +94,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     ):
         assert_same_tensors(group_a, group_b)
     assert resumed.best_val == whole.best_val
+    # The reported training time is the whole run's, not just the resumed part's.
+    total = json.loads((cut / "results.json").read_text())["train_time_s"]
+    assert total > time_before_the_stop > 0
     assert resumed.test["5-way 1-shot"]["protonet"].accuracies == (
         whole.test["5-way 1-shot"]["protonet"].accuracies
     )

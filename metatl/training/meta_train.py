@@ -152,9 +152,13 @@ def meta_train(
                 "val": best,
                 "rng": capture_rng_state(),
                 "config": config_to_dict(config),
+                # Wall time of all training so far, so a resumed run reports the whole.
+                "train_time_s": trained_before + time.perf_counter() - started,
             },
         )
 
+    trained_before = float(resume.get("train_time_s", 0.0)) if resume is not None else 0.0
+    started = time.perf_counter()
     if resume is not None:
         restore_rng_state(resume["rng"])  # last: building the learner above drew numbers
     window: list[dict[str, float]] = []
@@ -318,6 +322,8 @@ def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -
                 best_val = {}
                 _save(run_dir / "best.pt", learner, config, 0, best_val)
             train_time = time.perf_counter() - started
+            if resume is not None:
+                train_time += float(resume.get("train_time_s", 0.0))
             if stop:  # between training and the test: last.pt already holds the final step
                 raise Preempted(
                     stop.signal_name or "a stop request",
