@@ -51,6 +51,14 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+def wait_for_step(proc: subprocess.Popen, log: Path, step: int) -> None:
+    """Until the training process ``proc`` has logged ``step`` to ``log`` (2 min at most)."""
+    deadline = time.monotonic() + 120
+    while not (log.exists() and f'"step": {step},' in log.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+
+
 def stop_at_step(monkeypatch: pytest.MonkeyPatch, step: int, meta_batch: int = 2) -> None:
     """SIGTERM this process during the ``step``-th meta-training step, as a scheduler would."""
     calls = {"n": 0}
@@ -115,11 +123,7 @@ def test_kill_term_mid_run_then_resume_is_bit_identical(
     proc = subprocess.Popen(
         command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    log = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and '"step": 20,' in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
+    wait_for_step(proc, tmp_path / "run" / "metrics.jsonl", 20)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, stderr
@@ -198,11 +202,7 @@ def test_a_second_signal_exits_at_once_and_leaves_checkpoints_readable(
         stderr=subprocess.PIPE,
         text=True,
     )
-    log = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and '"step": 10,' in log.read_text()):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-        time.sleep(0.05)
+    wait_for_step(proc, tmp_path / "run" / "metrics.jsonl", 10)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)

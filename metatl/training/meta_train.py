@@ -375,21 +375,30 @@ def test_metrics(test: Mapping[str, Mapping[str, EvalResult]]) -> dict[str, floa
 
 def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
     """The ``last.pt`` payload of ``run_dir`` and the run's own config."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"--resume {run_dir}: no such run directory")
-    checkpoint = load_checkpoint(run_dir / "last.pt")
+    checkpoint = read_last_checkpoint(run_dir)
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     if missing:
         raise CheckpointError(
             f"{run_dir / 'last.pt'} cannot resume a run: it lacks {', '.join(missing)} "
             "(written by an older metatl?)"
         )
-    config = config_from_dict(checkpoint["config"])
+    return checkpoint, config_from_dict(checkpoint["config"])
+
+
+def read_last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/last.pt`` of an unfinished run, what every ``--resume`` starts from.
+
+    Raises:
+        CheckpointError: No such directory, an unreadable ``last.pt``, or a finished run.
+    """
+    if not run_dir.is_dir():
+        raise CheckpointError(f"--resume {run_dir}: no such run directory")
+    checkpoint = load_checkpoint(run_dir / "last.pt")
     if (run_dir / "results.json").exists():
         raise CheckpointError(
             f"run {run_dir} has finished (results.json exists); nothing to resume"
         )
-    return checkpoint, config
+    return checkpoint
 
 
 def episode_specs(config: RunConfig) -> list[tuple[str, EpisodeSpec]]:

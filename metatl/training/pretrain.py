@@ -47,6 +47,7 @@ from metatl.training.meta_train import (
     episode_specs,
     finish_run,
     new_run_dir,
+    read_last_checkpoint,
 )
 from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
 from metatl.training.rng import capture_rng_state, restore_rng_state
@@ -583,16 +584,10 @@ def _new_pretrain_dir(config: RunConfig) -> Path:
 
 def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
     """The ``last.pt`` payload of ``run_dir`` and the run's own config."""
-    if not run_dir.is_dir():
-        raise CheckpointError(f"--resume {run_dir}: no such run directory")
-    checkpoint = load_checkpoint(run_dir / "last.pt")
+    checkpoint = read_last_checkpoint(run_dir)
     if checkpoint.get("kind") != "pretrain" or "config" not in checkpoint:
         raise CheckpointError(
             f"{run_dir / 'last.pt'} is not a pretraining checkpoint (resume meta-training runs "
             "with python -m metatl.train --resume)"
-        )
-    if (run_dir / "results.json").exists():
-        raise CheckpointError(
-            f"run {run_dir} has finished (results.json exists); nothing to resume"
         )
     return checkpoint, config_from_dict(checkpoint["config"])
