@@ -271,9 +271,71 @@ def test_refuses_to_overwrite(tmp_path: Path, fonts: tuple[FontSpec, ...]) -> No
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(BuildExistsError, match="not empty"):
-        build(foreign, fonts)
+    for force in (False, True):
+        with pytest.raises(BuildExistsError, match="non-empty directory that holds no glyph"):
+            build(foreign, fonts, force=force)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    build(empty, fonts)
+    assert read_glyph_manifest(empty)["seed"] == 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_force_replaces_only_a_benchmark(
+    tmp_path: Path, fonts: tuple[FontSpec, ...], capsys: pytest.CaptureFixture
+) -> None:
+    """``--force`` replaces an earlier build; anything else survives it byte for byte."""
+    (tmp_path / "chars.txt").write_text(KANJI + "\n", encoding="utf-8")
+    argv = ["--chars-file", str(tmp_path / "chars.txt"), "--workers", "1", "--force"]
+    argv += [f"--font={f.path}" for f in fonts] + ["--val", "2", "--test", "2", "--size", "28"]
+    bench = tmp_path / "bench"
+    assert main(["--out", str(bench), *argv]) == 0
+    foreign = tmp_path / "foreign"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "notes.txt").write_text("keep me")
+    (foreign / "sub" / "data.bin").write_bytes(bytes(range(256)))
+    not_ours = tmp_path / "not_ours"  # a manifest.json of some other tool
+    not_ours.mkdir()
+    (not_ours / "manifest.json").write_text('{"format": "other", "splits": {"train": ["a"]}}')
+    broken = tmp_path / "broken"
+    shutil.copytree(bench, broken)
+    (broken / "manifest.json").write_text('{"format": "metatl-glyphs"}')  # not the builder's
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a directory")
+    link = tmp_path / "link"
+    link.symlink_to(bench)
+    everything, foreign_before = file_hashes(tmp_path), file_hashes(foreign)
+    for out in (foreign, not_ours, broken, a_file, link):
+        assert main(["--out", str(out), *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {out} is ") and err.count("\n") == 1
+        assert "refusing to replace it" in err and "--force" not in err
+        assert file_hashes(tmp_path) == everything
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert main(["--out", str(bench), *argv, "--seed", "1"]) == 0  # an earlier build: replaced
+    assert read_glyph_manifest(bench)["seed"] == 1
+    assert file_hashes(foreign) == foreign_before
+
+
+def test_failed_rebuild_keeps_the_earlier_build(
+    tmp_path: Path, fonts: tuple[FontSpec, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rebuild goes to a temporary sibling; the earlier build is swapped out only at the end."""
+    import episodes.glyphs.build as build_module
+
+    out = tmp_path / "bench"
+    build(out, fonts)
+    before = file_hashes(out)
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build_module, "write_split", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        build(out, fonts, seed=1, force=True)
+    assert file_hashes(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bench"]  # no partial build left behind
 
 
 def test_failed_build_leaves_nothing(tmp_path: Path, fonts: tuple[FontSpec, ...]) -> None:
@@ -292,7 +354,7 @@ def test_cli(tmp_path: Path, fonts: tuple[FontSpec, ...], capsys: pytest.Capture
     manifest = read_glyph_manifest(out)
     assert [f["slug"] for f in manifest["fonts"]] == ["misakigothic", "motoyalmaru"]
     assert manifest["image_size"] == 28
-    assert main([*argv, "--workers", "1"]) == 1
+    assert main([*argv, "--workers", "1"]) == 2  # refused: an earlier build, no --force
     assert "--force" in capsys.readouterr().err
 
 
@@ -323,8 +385,13 @@ def test_load_glyphs(built: Path) -> None:
 
 
 def test_reader_errors(built: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"python -m episodes\.glyphs --out .*make glyphs"):
+    with pytest.raises(FileNotFoundError) as info:
         load_glyphs(tmp_path / "nothing", "train")
+    assert str(info.value) == (
+        f"no glyph benchmark at {tmp_path / 'nothing'}: that directory does not exist; expected "
+        "manifest.json and cache/ there, as written by `python -m episodes.glyphs --out DIR`, "
+        "which builds one if none exists anywhere"
+    )
     with pytest.raises(ValueError, match=r"unknown glyph split 'dev'.*\['test', 'train', 'val'\]"):
         load_glyphs(built, "dev")
     with pytest.raises(ValueError, match="image_size"):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import torch
 from PIL import Image
 
 from episodes.data import resize_images
+from episodes.datasets import colour_images, is_colour_image, load_glyphs
 from episodes.datasets._decode import (
     DatasetFormatError,
     ImageDecodeError,
@@ -129,6 +133,42 @@ def test_decode_missing_file_and_empty_list(tmp_path: Path) -> None:
         decode_images([])
 
 
+def _png_claiming(path: Path, width: int, height: int) -> Path:
+    """A small valid PNG whose header (CRC fixed) claims ``width x height`` pixels."""
+    _save(path, np.zeros((4, 4), np.uint8))
+    data = path.read_bytes()
+    ihdr = bytearray(data[12:29])
+    struct.pack_into(">II", ihdr, 4, width, height)
+    path.write_bytes(data[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + data[33:])
+    return path
+
+
+def test_decompression_bomb_refused_from_header(tmp_path: Path) -> None:
+    """Over PIL's MAX_IMAGE_PIXELS: refused before decoding, no DecompressionBombWarning leaks.
+
+    Between 1x and 2x the bound PIL only warns, and decoding went on (a JPEG claiming
+    10000x10000 decoded to 300 MB of RGB); above 2x it raises. Both are one ImageDecodeError
+    now, whatever the warning filters.
+    """
+    assert Image.MAX_IMAGE_PIXELS < 10_000**2 < 2 * Image.MAX_IMAGE_PIXELS
+    for side in (10_000, 100_000):
+        bomb = _png_claiming(tmp_path / f"bomb{side}.png", side, side)
+        for action in ("always", "error"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter(action)
+                with pytest.raises(ImageDecodeError) as info:
+                    decode_images([bomb])
+            assert caught == []
+            assert str(info.value) == (
+                f"cannot decode image {bomb}: DecompressionBombError: Image size "
+                f"({side**2} pixels) exceeds limit of "
+                f"{Image.MAX_IMAGE_PIXELS * (1 if side == 10_000 else 2)} pixels, could be "
+                "decompression bomb DOS attack."
+            )
+        with pytest.raises(ImageDecodeError, match=rf"{bomb.name}: DecompressionBombError"):
+            colour_images([bomb])
+
+
 # --------------------------------------------------------------------------- image folder
 
 
@@ -179,6 +219,65 @@ def test_image_folder_errors(tmp_path: Path) -> None:
     bad = _corrupt(tmp_path / "ds" / "moth" / "img_05.png")
     with pytest.raises(ImageDecodeError, match=str(bad).replace(".", r"\.")):
         load_image_folder(tmp_path / "ds")
+
+
+def test_colour_images_names_what_makes_a_split_colour(tmp_path: Path) -> None:
+    """One colour image makes a split 3-channel; colour_images names it, by decoding's rule."""
+    rng = np.random.default_rng(7)
+    grey = rng.integers(0, 256, (6, 6), dtype=np.uint8)
+    root = tmp_path / "test"
+    _save(root / "ant" / "a.png", grey)
+    _save(root / "ant" / "b.jpg", grey)
+    _save(root / "ant" / "c.png", (grey.astype(np.uint16) * 257))  # 16-bit grey
+    grey_palette = Image.fromarray(grey).convert("P")
+    grey_palette.save(root / "ant" / "d.gif")
+    photo = _save(root / "bee" / "photo.jpg", rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+    _save(root / "bee" / "x.png", grey)
+    colour_palette = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).quantize(8)
+    colour_palette.save(root / "bee" / "y.gif")
+    flat = _save(root / "bee" / "z.png", np.stack([grey] * 3, axis=-1))  # RGB, grey content
+    assert colour_images(root) == [photo, root / "bee" / "y.gif", flat]
+    assert colour_images(root, limit=1) == [photo]
+    assert colour_images(sorted(root.rglob("*.*"))[:4]) == []  # the ant images: all grey
+    assert load_image_folder(root).image_shape[0] == 3
+    for path in sorted(root.rglob("*.*")):  # the same rule as decoding
+        assert is_colour_image(path) == (decode_images([path]).shape[1] == 3)
+    for path in (photo, root / "bee" / "y.gif", flat):
+        path.unlink()
+    assert colour_images(root) == [] and load_image_folder(root).image_shape[0] == 1
+    _corrupt(root / "bee" / "broken.png")
+    with pytest.raises(ImageDecodeError, match=r"broken\.png"):
+        colour_images(root)
+    with pytest.raises(FileNotFoundError, match="image folder"):
+        colour_images(tmp_path / "missing")
+
+
+def test_missing_data_names_the_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each reader's FileNotFoundError is one line naming the absolute path and the one given."""
+    monkeypatch.chdir(tmp_path)
+    readers = {
+        "data/glyphs": lambda: load_glyphs("data/glyphs", "train"),
+        "data/folder/train": lambda: load_image_folder("data/folder/train"),
+        "data/omniglot": lambda: load_omniglot("data/omniglot"),
+        "data/mini": lambda: load_mini_imagenet("data/mini", "train"),
+        "data/fashion": lambda: load_fashion_mnist("data/fashion"),
+    }
+    for given, read in readers.items():
+        with pytest.raises(FileNotFoundError) as info:
+            read()
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"{tmp_path / given} (given as {given!r})" in message, message
+    (tmp_path / "data" / "glyphs").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="that directory holds no manifest.json"):
+        load_glyphs("data/glyphs", "train")
+    (tmp_path / "data" / "omniglot").mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path}/data/omniglot/images_b")):
+        load_omniglot("data/omniglot")
+    with pytest.raises(FileNotFoundError, match=r"^image folder /\S+/absent does not exist;"):
+        load_image_folder(tmp_path / "absent")  # absolute as given: named once
 
 
 # --------------------------------------------------------------------------- Omniglot

@@ -1,9 +1,14 @@
 """Readers for on-disk datasets; each decodes once into an in-memory :class:`LabelledImages`."""
 
-from episodes.datasets._decode import DatasetFormatError, ImageDecodeError, decode_images
+from episodes.datasets._decode import (
+    DatasetFormatError,
+    ImageDecodeError,
+    decode_images,
+    is_colour_image,
+)
 from episodes.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from episodes.datasets.glyphs import glyph_splits, load_glyphs, read_glyph_manifest
-from episodes.datasets.image_folder import load_image_folder
+from episodes.datasets.image_folder import colour_images, image_folder_files, load_image_folder
 from episodes.datasets.mini_imagenet import load_mini_imagenet
 from episodes.datasets.omniglot import load_omniglot
 
@@ -11,8 +16,11 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "DatasetFormatError",
     "ImageDecodeError",
+    "colour_images",
     "decode_images",
     "glyph_splits",
+    "image_folder_files",
+    "is_colour_image",
     "load_fashion_mnist",
     "load_glyphs",
     "load_image_folder",

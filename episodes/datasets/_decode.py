@@ -6,6 +6,10 @@ Decoding rules, the same for every reader:
   ``channels=None`` picks 1 when every image is greyscale (modes ``1``, ``L``, ``LA``, ``I``,
   ``I;16``..., or a palette whose used colours are all grey) and 3 otherwise; greyscale images
   in a colour collection are replicated across the three channels (as PIL's ``L -> RGB``).
+- An image of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (about 89 million by default;
+  ``None`` lifts the bound) is refused from its header, before any pixel is decoded, with an
+  :class:`ImageDecodeError`: a corrupt or hostile header can claim billions of pixels (a
+  decompression bomb). PIL's ``DecompressionBombWarning`` never reaches the caller.
 - 16-bit greyscale (``I;16``, ``I``) is scaled to 8 bits (``round(v / 257)``), not clipped as
   PIL's own ``convert("L")`` would. Alpha is dropped, not composited. Animated GIFs give their
   first frame. EXIF orientation is not applied (as torchvision's loader).
@@ -19,6 +23,8 @@ Decoding rules, the same for every reader:
 from __future__ import annotations
 
 import os
+import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -34,6 +40,8 @@ __all__ = [
     "DatasetFormatError",
     "ImageDecodeError",
     "decode_images",
+    "describe_path",
+    "is_colour_image",
     "list_image_files",
     "list_subdirectories",
 ]
@@ -44,6 +52,9 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"})
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _WIDE_GREY_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _PARALLEL_MIN_FILES = 64
+# Serialises the (brief, header-only) Image.open calls that run under warnings.catch_warnings,
+# whose save/restore of the process-wide filters is not safe from concurrent decode threads.
+_OPEN_LOCK = threading.Lock()
 
 
 class DatasetFormatError(ValueError):
@@ -52,6 +63,25 @@ class DatasetFormatError(ValueError):
 
 class ImageDecodeError(DatasetFormatError):
     """An image file could not be opened or decoded; the message names the file and why."""
+
+
+def describe_path(path: str | os.PathLike[str]) -> str:
+    """``path`` for a message: its absolute form, then the form given when that differs.
+
+    Args:
+        path: A path as the caller gave it (relative paths are relative to the working
+            directory).
+
+    Returns:
+        E.g. ``"/home/me/run/data/glyphs (given as 'data/glyphs')"`` or ``"/data/glyphs"``.
+    """
+    given = os.fspath(path)
+    absolute = os.path.abspath(given)
+    return absolute if given == absolute else f"{absolute} (given as {given!r})"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def list_image_files(directory: Path) -> list[Path]:
@@ -90,10 +120,15 @@ def list_subdirectories(directory: Path) -> list[Path]:
 
 
 def _to_8bit(im: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer greyscale to mode ``L`` (PIL would clip at 255)."""
-    values = np.asarray(im, dtype=np.float64)
-    scaled = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
+    """Scale 16/32-bit integer greyscale to mode ``L`` (PIL would clip at 255).
+
+    ``round(v / 257)`` in integer arithmetic (``v / 257`` is never a tie), clipped to 0..255,
+    so that the intermediate needs 4 bytes per pixel, not 8.
+    """
+    values = np.clip(np.asarray(im), 0, 65535).astype(np.int32, copy=False)
+    values += 128
+    values //= 257
+    return Image.fromarray(values.astype(np.uint8), mode="L")
 
 
 def _is_grey(im: Image.Image) -> bool:
@@ -116,10 +151,31 @@ def _resize(im: Image.Image, size: int) -> Image.Image:
     return im.resize((size, size), resample=resample)
 
 
+def _open(path: Path) -> Image.Image:
+    """Open ``path`` (reads the header only), refusing more than ``MAX_IMAGE_PIXELS`` pixels.
+
+    This is the one place that bounds the pixel count of a decoded image. ``Image.open``
+    checks the size the header claims: above twice ``Image.MAX_IMAGE_PIXELS`` it raises
+    ``DecompressionBombError``, above once it only warns and would go on to decode. The
+    warning is made an error here, so that neither case allocates pixels or leaks a warning.
+    """
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombWarning as warning:  # raised by the filter above
+            raise Image.DecompressionBombError(str(warning)) from None
+
+
+def _decode_error(path: Path, exc: BaseException) -> ImageDecodeError:
+    reason = _one_line(f"{type(exc).__name__}: {exc}")
+    return ImageDecodeError(f"cannot decode image {path}: {reason}")
+
+
 def _decode_one(path: Path, channels: int | None, image_size: int | None) -> np.ndarray:
     """One file -> ``[H, W]`` (greyscale) or ``[H, W, 3]`` (colour) uint8."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.load()
             if im.mode in _WIDE_GREY_MODES:
                 im = _to_8bit(im)
@@ -133,8 +189,32 @@ def _decode_one(path: Path, channels: int | None, image_size: int | None) -> np.
                 im = _resize(im, image_size)
             return np.asarray(im, dtype=np.uint8)
     except Exception as exc:  # re-raised with the file named; the cause stays chained
-        reason = f"{type(exc).__name__}: {exc}"
-        raise ImageDecodeError(f"cannot decode image {path}: {reason}") from exc
+        raise _decode_error(path, exc) from exc
+
+
+def is_colour_image(path: str | os.PathLike[str]) -> bool:
+    """Whether :func:`decode_images` with ``channels=None`` treats ``path`` as colour.
+
+    The same rule as decoding (see the module docstring), decided from the header alone
+    except for palette images, whose used colours are read.
+
+    Args:
+        path: An image file.
+
+    Returns:
+        ``True`` if decoding it alone with ``channels=None`` gives 3 channels.
+
+    Raises:
+        ImageDecodeError: The file is missing, unreadable, corrupt or not an image.
+    """
+    path = Path(path)
+    try:
+        with _open(path) as im:
+            if im.mode in ("P", "PA"):
+                im.load()
+            return not _is_grey(im)
+    except Exception as exc:
+        raise _decode_error(path, exc) from exc
 
 
 def _decode_chunk(

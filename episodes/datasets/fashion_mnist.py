@@ -10,15 +10,18 @@ then one big-endian int32 per dimension, then the data.
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import struct
+import zlib
 from pathlib import Path
-from typing import Literal, get_args
+from typing import BinaryIO, Literal, get_args
 
 import numpy as np
 import torch
 
 from episodes.data import LabelledImages
-from episodes.datasets._decode import DatasetFormatError
+from episodes.datasets._decode import DatasetFormatError, describe_path
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -47,6 +50,8 @@ FASHION_MNIST_CLASSES = (
 
 _IMAGES_MAGIC = 2051
 _LABELS_MAGIC = 2049
+_SIDE = 28
+_BLOCK = 1 << 20
 
 
 def load_fashion_mnist(
@@ -65,8 +70,10 @@ def load_fashion_mnist(
 
     Raises:
         ValueError: ``split`` is not ``"train"`` or ``"test"``.
-        FileNotFoundError: A file is missing (the message says how to install it).
-        DatasetFormatError: A file is not valid IDX, or images and labels disagree.
+        FileNotFoundError: A file is missing (the message gives the absolute path looked at
+            and says how to install the files).
+        DatasetFormatError: A file is not valid IDX, the images are not 28x28, or images and
+            labels disagree.
     """
     if split not in get_args(FashionMNISTSplit):
         raise ValueError(f"split must be one of {get_args(FashionMNISTSplit)}, got {split!r}")
@@ -76,6 +83,11 @@ def load_fashion_mnist(
     labels_path = _find(root, f"{prefix}-labels-idx1-ubyte")
     images = read_idx(images_path, _IMAGES_MAGIC)
     labels = read_idx(labels_path, _LABELS_MAGIC)
+    if images.shape[1:] != (_SIDE, _SIDE):
+        raise DatasetFormatError(
+            f"{images_path} holds images of {images.shape[1]}x{images.shape[2]} pixels; "
+            f"Fashion-MNIST images are {_SIDE}x{_SIDE}"
+        )
     if images.shape[0] != labels.shape[0]:
         raise DatasetFormatError(
             f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
@@ -104,40 +116,69 @@ def read_idx(path: str | os.PathLike[str], magic: int) -> np.ndarray:
 
     Raises:
         ValueError: ``magic`` is not that of a uint8 IDX file.
-        DatasetFormatError: Wrong magic number, truncated header, or a data size that does
-            not match the header.
+        DatasetFormatError: The file cannot be read or decompressed, wrong magic number,
+            truncated header, negative dimensions, or a data size that does not match the
+            header. Memory follows the data actually present, never the header's claim.
     """
     if not 0x0801 <= magic <= 0x08FF:
         raise ValueError(f"magic must be 0x0800 + ndim for uint8 IDX data, got {magic}")
     path = Path(path)
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as handle:
-                data = handle.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise DatasetFormatError(f"cannot read IDX file {path}: {exc}") from exc
     ndim = magic - 0x0800
     header_size = 4 * (1 + ndim)
-    if len(data) < header_size:
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as handle:
+            header = _read_at_most(handle, header_size)
+            dims = _parse_header(path, header, magic)
+            size = header_size + math.prod(dims)
+            if path.suffix != ".gz":  # the size is known: check it before reading
+                stored = os.fstat(handle.fileno()).st_size
+                if stored != size:
+                    raise DatasetFormatError(_size_mismatch(path, dims, size, f"{stored} bytes"))
+            data = _read_at_most(handle, size - header_size + 1)  # never more than claimed
+    except (OSError, EOFError, zlib.error) as exc:
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise DatasetFormatError(f"cannot read IDX file {path}: {reason}") from exc
+    if header_size + len(data) != size:
+        held = "more" if header_size + len(data) > size else f"{header_size + len(data)} bytes"
+        raise DatasetFormatError(_size_mismatch(path, dims, size, held))
+    return np.frombuffer(data, dtype=np.uint8).reshape(dims)
+
+
+def _parse_header(path: Path, header: bytes, magic: int) -> tuple[int, ...]:
+    """The dimensions of a checked IDX header (magic, then one big-endian int32 each)."""
+    if len(header) < 4 * (1 + magic - 0x0800):
         raise DatasetFormatError(
-            f"{path} is {len(data)} bytes, too short for an IDX header of {header_size} bytes"
+            f"{path} is {len(header)} bytes, too short for an IDX header of "
+            f"{4 * (1 + magic - 0x0800)} bytes"
         )
-    found = int.from_bytes(data[:4], "big")
+    found = int.from_bytes(header[:4], "big")
     if found != magic:
         raise DatasetFormatError(
             f"{path}: IDX magic number is {found}, expected {magic}; the file is not the "
             "expected IDX file, or is corrupt"
         )
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">i4", count=ndim, offset=4))
-    expected = header_size + int(np.prod(dims))
-    if len(data) != expected:
-        raise DatasetFormatError(
-            f"{path}: header says dimensions {dims} ({expected} bytes with the header), "
-            f"but the file holds {len(data)} bytes"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header_size).reshape(dims).copy()
+    dims = struct.unpack(f">{magic - 0x0800}i", header[4:])
+    if min(dims) < 0:
+        raise DatasetFormatError(f"{path}: IDX header has negative dimensions {dims}")
+    return dims
+
+
+def _size_mismatch(path: Path, dims: tuple[int, ...], size: int, held: str) -> str:
+    return (
+        f"{path}: header says dimensions {dims} ({size} bytes with the header), "
+        f"but the file holds {held}"
+    )
+
+
+def _read_at_most(handle: BinaryIO, limit: int) -> bytearray:
+    """Up to ``limit`` bytes, read in blocks, so that memory follows the data, not ``limit``."""
+    data = bytearray()
+    while len(data) < limit:
+        block = handle.read(min(_BLOCK, limit - len(data)))
+        if not block:
+            break
+        data += block
+    return data
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -145,8 +186,10 @@ def _find(root: Path, stem: str) -> Path:
     for candidate in (root / stem, root / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
+    missing = "" if root.is_dir() else ", which does not exist"
     raise FileNotFoundError(
-        f"Fashion-MNIST file {root / stem}.gz (or {stem} uncompressed) not found; on Debian/"
-        "Ubuntu run `apt-get install dataset-fashion-mnist`, which installs it under "
-        f"{FASHION_MNIST_ROOT}, or pass root= the folder holding the IDX files"
+        f"Fashion-MNIST file {stem}.gz (or {stem}, uncompressed) not found in "
+        f"{describe_path(root)}{missing}; on Debian/Ubuntu `apt-get install "
+        f"dataset-fashion-mnist` installs it under {FASHION_MNIST_ROOT}, or pass root= the "
+        "folder holding the IDX files"
     )

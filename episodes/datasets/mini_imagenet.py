@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 
 from episodes.data import LabelledImages
-from episodes.datasets._decode import DatasetFormatError, decode_images
+from episodes.datasets._decode import DatasetFormatError, decode_images, describe_path
 
 __all__ = ["MiniImageNetSplit", "load_mini_imagenet"]
 
@@ -49,21 +50,28 @@ def load_mini_imagenet(
 
     Raises:
         ValueError: ``split`` is not one of the three above.
-        FileNotFoundError: The CSV, ``images/`` or images listed in the CSV are missing
-            (the message names the first missing file and how many are missing).
-        DatasetFormatError: The CSV has a wrong header, a malformed row or no rows.
+        FileNotFoundError: ``root``, the CSV, ``images/`` or images listed in the CSV are
+            missing (the message gives the absolute path looked at; for images, the first
+            missing one and how many are missing).
+        DatasetFormatError: The CSV is not UTF-8 text, has a wrong header, a malformed row or
+            no rows.
         ImageDecodeError: An image cannot be decoded (the message names it).
     """
     if split not in get_args(MiniImageNetSplit):
         raise ValueError(f"split must be one of {get_args(MiniImageNetSplit)}, got {split!r}")
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"miniImageNet root {describe_path(root)} does not exist or is not a directory; "
+            "expected {train,val,test}.csv (Ravi & Larochelle split) and images/ there"
+        )
     csv_path = root / f"{split}.csv"
     rows = _read_split_csv(csv_path)
     image_dir = root / "images"
     if not image_dir.is_dir():
         raise FileNotFoundError(
-            f"miniImageNet image folder {image_dir} not found; it must hold every image "
-            f"listed in {csv_path.name}"
+            f"miniImageNet image folder {describe_path(image_dir)} not found; it must hold "
+            f"every image listed in {csv_path.name}"
         )
     with os.scandir(image_dir) as entries:
         present = {entry.name for entry in entries}
@@ -86,26 +94,33 @@ def _read_split_csv(path: Path) -> list[tuple[str, str]]:
     """``(filename, wnid)`` rows of a split CSV, checked."""
     if not path.is_file():
         raise FileNotFoundError(
-            f"miniImageNet split file {path} not found; expected {path.parent}/"
-            "{train,val,test}.csv (Ravi & Larochelle split, header 'filename,label') "
-            "next to an images/ folder"
+            f"miniImageNet split file {describe_path(path)} not found; expected "
+            "{train,val,test}.csv (Ravi & Larochelle split, header 'filename,label') next to "
+            "an images/ folder"
         )
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = [field.strip() for field in next(reader, [])]
-        if header != _HEADER:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            return _split_rows(path, csv.reader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        raise DatasetFormatError(f"{path} is not a UTF-8 CSV file: {reason}") from error
+
+
+def _split_rows(path: Path, reader: Iterator[list[str]]) -> list[tuple[str, str]]:
+    header = [field.strip() for field in next(reader, [])]
+    if header != _HEADER:
+        raise DatasetFormatError(
+            f"{path}: header is {','.join(header)!r}, expected {','.join(_HEADER)!r}"
+        )
+    rows = []
+    for line_no, row in enumerate(reader, start=2):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
             raise DatasetFormatError(
-                f"{path}: header is {','.join(header)!r}, expected {','.join(_HEADER)!r}"
+                f"{path}, line {line_no}: expected 'filename,label', got {','.join(row)!r}"
             )
-        rows = []
-        for line_no, row in enumerate(reader, start=2):
-            if not row or not "".join(row).strip():
-                continue
-            if len(row) != 2 or not row[0].strip() or not row[1].strip():
-                raise DatasetFormatError(
-                    f"{path}, line {line_no}: expected 'filename,label', got {','.join(row)!r}"
-                )
-            rows.append((row[0].strip(), row[1].strip()))
+        rows.append((row[0].strip(), row[1].strip()))
     if not rows:
         raise DatasetFormatError(f"{path} lists no images")
     return rows

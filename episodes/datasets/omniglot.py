@@ -21,6 +21,7 @@ from episodes.data import LabelledImages
 from episodes.datasets._decode import (
     DatasetFormatError,
     decode_images,
+    describe_path,
     list_image_files,
     list_subdirectories,
 )
@@ -54,13 +55,20 @@ def load_omniglot(
 
     Raises:
         ValueError: ``subset`` is not one of the three above.
-        FileNotFoundError: An expected ``images_<subset>`` folder is missing.
+        FileNotFoundError: ``root`` or an expected ``images_<subset>`` folder is missing (the
+            message gives the absolute path looked at).
         DatasetFormatError: An alphabet or character folder is empty.
         ImageDecodeError: A PNG cannot be decoded (the message names it).
     """
     if subset not in get_args(OmniglotSubset):
         raise ValueError(f"subset must be one of {get_args(OmniglotSubset)}, got {subset!r}")
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Omniglot root {describe_path(root)} does not exist or is not a directory; "
+            "expected images_background/ and images_evaluation/ there (the official zips, "
+            "github.com/brendenlake/omniglot, unzipped)"
+        )
     parts = ["background", "evaluation"] if subset == "all" else [subset]
     paths: list[Path] = []
     counts: list[int] = []
@@ -85,9 +93,9 @@ def _characters(folder: Path, part: str) -> list[tuple[Path, list[Path]]]:
     """``(character_dir, sorted image files)`` for every character of every alphabet."""
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"Omniglot folder {folder} not found: unzip images_{part}.zip (from the official "
-            f"release, github.com/brendenlake/omniglot) into {folder.parent}, giving "
-            f"{folder}/<alphabet>/<character>/*.png"
+            f"Omniglot folder {describe_path(folder)} not found: unzip images_{part}.zip (from "
+            f"the official release, github.com/brendenlake/omniglot) into {folder.parent}, "
+            f"giving {folder}/<alphabet>/<character>/*.png"
         )
     alphabets = list_subdirectories(folder)
     if not alphabets:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from episodes.datasets._decode import DatasetFormatError
+from episodes.datasets.glyphs import read_glyph_manifest
 from episodes.glyphs.charsets import codepoint_name, jis_level1_kanji
 from episodes.glyphs.fonts import FontSpec, check_installed, default_fonts, font_info
 from episodes.glyphs.output import make_manifest, write_split
@@ -33,7 +35,12 @@ SPLITS = ("train", "val", "test")
 
 
 class BuildExistsError(FileExistsError):
-    """The output directory already holds a build (or other files) and ``force`` is off."""
+    """The output path holds a build and ``force`` is off, or holds anything else.
+
+    Only a directory holding a glyph benchmark manifest (as
+    :func:`~episodes.datasets.read_glyph_manifest` accepts it) is ever replaced, and only with
+    ``force``; any other non-empty directory or file is left untouched.
+    """
 
 
 def split_classes(
@@ -72,7 +79,9 @@ def build_glyph_benchmark(
     """Render ``characters`` in ``fonts`` and write the benchmark to ``out_dir``.
 
     Args:
-        out_dir: Output directory (created; replaced only with ``force``).
+        out_dir: Output directory: created if missing; an empty directory is used; an
+            earlier build (a directory with a benchmark manifest) is replaced only with
+            ``force``; anything else is refused, whatever ``force`` says.
         fonts: Font designs, one image per character each; default :func:`default_fonts`.
         characters: The candidate classes; default :func:`jis_level1_kanji`.
         image_size: Output side ``S`` in pixels (84 = 3 x 28 area-averages to 28 exactly).
@@ -81,14 +90,16 @@ def build_glyph_benchmark(
         n_val: Validation classes.
         n_test: Test classes; the rest are training classes.
         workers: Rendering processes (one font per task); <= 1 renders in this process.
-        force: Replace an existing build.
+        force: Replace an earlier build. The new build is written next to it and swapped in
+            only once complete, so a failed rebuild leaves the earlier build as it was.
 
     Returns:
         The manifest (also written to ``out_dir/manifest.json``).
 
     Raises:
         MissingFontError: A font file is missing (names its Debian package).
-        BuildExistsError: ``out_dir`` holds a build or other files and ``force`` is off.
+        BuildExistsError: ``out_dir`` holds a build and ``force`` is off, or it is a file or
+            a non-empty directory that holds no build (checked before anything is written).
         ValueError: Bad sizes, duplicate slugs, or too few characters for the split.
     """
     out = Path(out_dir)
@@ -101,9 +112,9 @@ def build_glyph_benchmark(
     slugs = [f.slug for f in fonts]
     if not fonts or len(set(slugs)) != len(slugs):
         raise ValueError(f"need at least one font and unique slugs, got {slugs}")
+    _check_output(out, force)
     for spec in fonts:
         check_installed(spec)
-    _check_output(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stick to the output
@@ -117,7 +128,7 @@ def build_glyph_benchmark(
             out.rename(old)
         try:
             tmp.rename(out)
-        except OSError:
+        except BaseException:
             if old.exists():
                 old.rename(out)
             raise
@@ -129,13 +140,38 @@ def build_glyph_benchmark(
 
 
 def _check_output(out: Path, force: bool) -> None:
-    if force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+    """Refuse ``out`` unless it is missing, empty, or (with ``force``) an earlier build."""
+    if out.is_symlink():
+        raise BuildExistsError(
+            f"{out} is a symbolic link; refusing to replace it: pass its target "
+            f"{os.path.realpath(out)} as --out"
+        )
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
-    if (out / "manifest.json").is_file():
+    if out.is_dir() and _is_benchmark(out):
+        if force:
+            return
         raise BuildExistsError(
             f"{out} already holds a complete glyph benchmark; pass --force (force=True) to rebuild"
         )
-    raise BuildExistsError(f"{out} exists and is not empty; pass --force (force=True) to replace")
+    what = (
+        "a non-empty directory that holds no glyph benchmark (no manifest.json written by "
+        "this builder)"
+        if out.is_dir()
+        else "a file, not a directory"
+    )
+    raise BuildExistsError(
+        f"{out} is {what}; refusing to replace it: choose a new or empty --out directory"
+    )
+
+
+def _is_benchmark(out: Path) -> bool:
+    """Whether ``out`` holds a manifest that this builder wrote (parsed and checked)."""
+    try:
+        read_glyph_manifest(out)
+    except (OSError, DatasetFormatError):
+        return False
+    return True
 
 
 def _build(

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from episodes.glyphs.build import build_glyph_benchmark
+from episodes.glyphs.build import BuildExistsError, build_glyph_benchmark
 from episodes.glyphs.charsets import read_characters
 from episodes.glyphs.fonts import parse_font_arg
 from episodes.glyphs.render import DEFAULT_MARGIN
@@ -22,7 +22,13 @@ DESCRIPTION = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m episodes.glyphs --out DIR [...]``: build the glyph benchmark."""
+    """``python -m episodes.glyphs --out DIR [...]``: build the glyph benchmark.
+
+    Returns:
+        0 once built; 1 if the build failed (a missing font, bad options); 2 if ``--out``
+        was refused (an earlier build without ``--force``, or a file or non-empty directory
+        that holds no build, which is never replaced) — nothing is written then.
+    """
     parser = argparse.ArgumentParser(prog="python -m episodes.glyphs", description=DESCRIPTION)
     parser.add_argument("--out", required=True, type=Path, help="output directory")
     parser.add_argument(
@@ -40,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val", type=int, default=300, help="validation classes")
     parser.add_argument("--test", type=int, default=500, help="test classes")
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
-    parser.add_argument("--force", action="store_true", help="replace an existing build")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an earlier build (only a directory holding a benchmark manifest)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -59,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             force=args.force,
         )
+    except BuildExistsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
