@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -68,8 +69,21 @@ def test_override_forms_agree() -> None:
         (["bogus=1"], "unknown config key 'bogus'"),
         (["train.steps=many"], "config key 'train.steps': Value 'many'"),
         (["model.distance=manhattan"], "model.distance='manhattan' is not allowed; choose one of"),
-        (["episodes.way=0"], "episodes.way must be a positive integer"),
-        (["test.shots=[]"], "test.shots must be a non-empty list"),
+        (["episodes.way=1"], "episodes.way must be an integer in [2, 10000], got 1"),
+        (
+            ["test.shots=[]"],
+            "test.shots must be a non-empty list of integers in [1, 10000], got []",
+        ),
+        (["test.shots=[1,0]"], "test.shots must be a non-empty list of integers"),
+        (["optim.lr_decay=-1"], "optim.lr_decay must be a finite number in (0, 1]"),
+        (["optim.lr_decay_every=0"], "optim.lr_decay_every must be an integer in [1, "),
+        (["optim.lr=nan"], "optim.lr must be a finite number in (0, 10], got nan"),
+        (["optim.lr=-inf"], "optim.lr must be a finite number in (0, 10], got -inf"),
+        (["model.cosine_scale=0"], "model.cosine_scale must be a finite number in (0, "),
+        (["model.input_size=-1"], "model.input_size must be an integer in [0, 2048]"),
+        (["train.steps=20000000"], "train.steps must be an integer in [0, 10000000]"),
+        (["seed=4294967296"], "seed must be an integer in [0, 4294967295], got 4294967296"),
+        (["pretrain.momentum=1"], "pretrain.momentum must be a finite number in [0, 1)"),
         (["--train.steps"], "has no value"),
         (["model.maml.adapt=top:0"], "model.maml.adapt='top:0' is not allowed"),
         (["model.maml.bn=batch"], "model.maml.bn='batch' is not allowed"),
@@ -81,7 +95,7 @@ def test_override_forms_agree() -> None:
     ],
 )
 def test_bad_overrides_name_the_key(override: list[str], message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(None, override)
 
 
@@ -95,3 +109,42 @@ def test_bad_files(tmp_path: Path) -> None:
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_a_number_at_the_edge_of_its_domain_is_allowed() -> None:
+    config = load_config(
+        None,
+        [
+            "seed=4294967295",
+            "optim.lr_decay=1",
+            "train.steps=0",
+            "finetune.n_blocks=-1",
+            "pretrain.momentum=0",
+        ],
+    )
+    assert config.seed == 2**32 - 1 and config.optim.lr_decay == 1.0
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("/tmp/x", "has a path separator"),
+        ("../x", "has a path separator"),
+        ("a\\b", "has a path separator"),
+        (".", "starts with '.'"),
+        ("..", "starts with '.'"),
+        (".hidden", "starts with '.'"),
+        ("-rf", "starts with '-'"),
+        ('"x\\ty"', "has a control character"),  # YAML turns \t into a tab
+        ("x" * 201, "is longer than 200 bytes"),
+    ],
+)
+def test_a_run_name_is_one_folder_inside_out_dir(name: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"^name=.* {problem}; a run name is one folder") as err:
+        load_config(None, [f"name={name}"])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["", "trial-001", "my_run.v2", "run 3", "Ω-1", "a:b", "x" * 200])
+def test_ordinary_run_names_are_kept(name: str) -> None:
+    assert load_config(None, [f"name='{name}'"]).name == name

@@ -1,7 +1,8 @@
-"""Typed run configuration: dataclass schema, YAML files, dotted overrides."""
+"""Typed run configuration: dataclass schema with a domain per number, bounded YAML files,
+dotted overrides, no interpolation unless asked for."""
 
+from metatl.config.errors import ConfigError
 from metatl.config.load import (
-    ConfigError,
     config_from_dict,
     config_to_dict,
     flatten,

@@ -1,4 +1,12 @@
-"""Load a :class:`RunConfig` from YAML plus ``key=value`` / ``--key=value`` overrides."""
+"""Load a :class:`RunConfig` from YAML plus ``key=value`` / ``--key=value`` overrides.
+
+Configs are data: a ``${...}`` interpolation (OmegaConf's, e.g. ``${oc.env:VAR}``, which
+would copy an environment variable into the run's files) is an error unless the caller
+asks for it for the user's own file and overrides (``load_config(..., interpolate=True)``,
+the CLIs' ``--interpolate``), and a config read back from a checkpoint is never
+interpolated. YAML is read through :mod:`metatl.config.yaml_reader`, which bounds what a
+file may expand to.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +20,19 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from metatl.config.domains import check_domains
+from metatl.config.errors import ConfigError
 from metatl.config.schema import RunConfig
+from metatl.config.yaml_reader import check_bounded, one_line, read_yaml
 
-__all__ = ["ConfigError", "config_to_dict", "flatten", "load_config", "parse_overrides"]
+__all__ = [
+    "ConfigError",
+    "config_from_dict",
+    "config_to_dict",
+    "flatten",
+    "load_config",
+    "parse_overrides",
+]
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet"),
@@ -30,32 +48,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
     "precision": ("fp32", "bf16", "fp16"),
 }
-POSITIVE = (
-    "data.image_size",
-    "episodes.way",
-    "episodes.shot",
-    "episodes.query",
-    "train.meta_batch",
-    "train.log_every",
-    "train.val_every",
-    "train.val_episodes",
-    "train.val_way",
-    "train.val_shot",
-    "train.val_query",
-    "test.way",
-    "test.query",
-    "test.episodes",
-    "pretrain.epochs",
-    "pretrain.batch_size",
-    "pretrain.val_every",
-)
-
-
 NOT_META_TRAINED = ("linear", "finetune")
+MAX_NAME_BYTES = 200  # a file name has 255; leave room for new_directory's "-N"
 
-
-class ConfigError(ValueError):
-    """A configuration is invalid; the message names the key and what is allowed."""
+# Why a ``${`` is refused, by where the config comes from.
+_OWN_CONFIG = (
+    "interpolation is off because configs are data: write the value itself, or pass "
+    "--interpolate to resolve ${...} in your own config file and overrides"
+)
+_STORED_CONFIG = (
+    "a config from a checkpoint or a dict is data and is never interpolated: write the value itself"
+)
 
 
 def parse_overrides(args: Sequence[str]) -> list[str]:
@@ -78,37 +81,109 @@ def parse_overrides(args: Sequence[str]) -> list[str]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), *, interpolate: bool = False
+) -> RunConfig:
     """Schema defaults, then the YAML file, then the overrides; validated and typed.
 
     Args:
         path: A YAML file of (nested) keys of :class:`RunConfig`, or None for the defaults.
         overrides: ``key=value`` strings with dotted keys, e.g. ``optim.lr=3e-4``.
+        interpolate: Resolve OmegaConf interpolations (``${train.steps}``,
+            ``${oc.env:VAR}``) in the file and the overrides; the config holds the resolved
+            values. Off by default: a ``${`` anywhere is then an error naming the key.
 
     Raises:
-        ConfigError: Unknown key, wrong type, value outside the allowed set, unreadable file.
+        ConfigError: Unknown key, wrong type, value outside its domain or the allowed set,
+            an interpolation (unless ``interpolate``), an unreadable or oversized file.
     """
-    return _merge(_read_yaml(Path(path)) if path is not None else {}, overrides)
+    values: Any = {}
+    if path is not None:
+        values = read_yaml(path, "config file")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of keys, got {type(values).__name__}"
+            )
+        if not interpolate:
+            _refuse_interpolation(values, _OWN_CONFIG, where=f" of config file {path}")
+    return _merge(values, overrides, None if interpolate else _OWN_CONFIG)
 
 
-def config_from_dict(values: dict[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
+def config_from_dict(values: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig:
     """A :class:`RunConfig` from a plain nested dict (e.g. one stored in a checkpoint), with
-    ``key=value`` overrides applied on top; validated as :func:`load_config`."""
-    return _merge(values, overrides)
+    ``key=value`` overrides applied on top; validated as :func:`load_config`, and never
+    interpolated (a ``${`` in ``values`` or ``overrides`` is an error naming the key).
+
+    Raises:
+        ConfigError: As :func:`load_config`; also for data that refers to itself or
+            expands to too many values.
+    """
+    check_bounded(values, "config")
+    return _merge(values, overrides, _STORED_CONFIG)
 
 
-def _merge(values: Any, overrides: Sequence[str]) -> RunConfig:
+def _merge(values: Any, overrides: Sequence[str], refuse: str | None) -> RunConfig:
+    """Merge ``values`` and ``overrides`` onto the schema; ``refuse``: why ``${`` is an error,
+    or None to resolve interpolations."""
+    dotted = parse_overrides(list(overrides))
+    _refuse_aliases(dotted)
     try:
-        dotlist = OmegaConf.from_dotlist(parse_overrides(list(overrides)))
+        dotlist = OmegaConf.from_dotlist(dotted)
+        if refuse is not None:
+            _refuse_interpolation(values, refuse)
+            _refuse_interpolation(OmegaConf.to_container(dotlist, resolve=False), refuse)
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), values, dotlist)
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err)) from None
     except yaml.YAMLError as err:
-        reason = " ".join(str(err).split())
-        raise ConfigError(f"cannot parse overrides {' '.join(overrides)}: {reason}") from None
+        raise ConfigError(
+            f"cannot parse overrides {' '.join(dotted)}: {one_line(str(err))}"
+        ) from None
+    assert isinstance(config, RunConfig)
+    if refuse is None:  # what is stored must not interpolate when read back
+        _refuse_interpolation(
+            config_to_dict(config), "a stored config must not hold one", where=" (resolved)"
+        )
     validate(config)
     return config
+
+
+def _refuse_aliases(overrides: Sequence[str]) -> None:
+    """An override is one value: YAML anchors and aliases there could only make a bomb."""
+    for override in overrides:
+        value = override.split("=", 1)[1]
+        try:
+            tokens = list(yaml.scan(value))
+        except yaml.YAMLError:
+            continue  # not YAML: OmegaConf names the override
+        if any(isinstance(t, yaml.AnchorToken | yaml.AliasToken) for t in tokens):
+            raise ConfigError(
+                f"override {override!r} uses a YAML anchor or alias (& or *); write the value"
+            )
+
+
+def _refuse_interpolation(values: Any, reason: str, key: str = "", where: str = "") -> None:
+    """ConfigError for the first string in ``values`` (bounded plain data) holding ``${``.
+
+    Args:
+        values: Plain data.
+        reason: Why that is refused (the end of the message).
+        key: Dotted key of ``values``.
+        where: Said after the key, e.g. `` of config file x.yaml``.
+    """
+    if isinstance(values, str) and "${" in values:
+        shown = values if len(values) <= 80 else values[:77] + "..."
+        raise ConfigError(f"config key '{key}'{where} holds an interpolation {shown!r}; {reason}")
+    prefix = f"{key}." if key else ""
+    if isinstance(values, Mapping):
+        for k, v in values.items():
+            _refuse_interpolation(v, reason, f"{prefix}{k}", where)
+    elif isinstance(values, list | tuple):
+        for i, v in enumerate(values):
+            _refuse_interpolation(v, reason, f"{key}[{i}]", where)
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
@@ -117,91 +192,68 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def validate(config: RunConfig) -> None:
-    """Check value ranges and choices that types alone cannot express."""
+    """Check what types alone cannot express: every numeric value against the domain its
+    schema field states, the choices, the run name, and the checks across keys."""
+    check_domains(config)
     values = flatten(config_to_dict(config))
     for key, allowed in CHOICES.items():
         if values[key] not in allowed:
             raise ConfigError(
                 f"{key}={values[key]!r} is not allowed; choose one of: {', '.join(allowed)}"
             )
-    for key in POSITIVE:
-        if values[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {values[key]}")
-    if not values["test.shots"] or any(s < 1 for s in values["test.shots"]):
-        raise ConfigError(
-            f"test.shots must be a non-empty list of positive integers, got {values['test.shots']}"
-        )
-    for key in ("optim.lr",):
-        if values[key] <= 0:
-            raise ConfigError(f"{key} must be > 0, got {values[key]}")
-    if config.train.steps < 0:
-        raise ConfigError(f"train.steps must be >= 0 (0: test only), got {config.train.steps}")
-    if config.model.algorithm in NOT_META_TRAINED and config.train.steps:
-        raise ConfigError(
-            f"model.algorithm={config.model.algorithm} adapts per episode and is not "
-            "meta-trained: set train.steps=0, and model.pretrained to the backbone to use"
-        )
-    if config.model.algorithm in NOT_META_TRAINED and not config.model.pretrained:
-        raise ConfigError(
-            f"model.algorithm={config.model.algorithm} needs a trained backbone: set "
-            "model.pretrained to a run's checkpoint (runs/<run>/best.pt), a weights file or a "
-            "torchvision weight name (IMAGENET1K_V1)"
-        )
-    maml = config.model.maml
-    if not re.fullmatch(r"all|head|top:[1-9]\d*", maml.adapt):
-        raise ConfigError(f"model.maml.adapt={maml.adapt!r} is not allowed; use all, head or top:N")
-    if maml.inner_steps < 0 or maml.test_inner_steps < 0 or maml.inner_lr <= 0:
-        raise ConfigError(
-            "model.maml.inner_steps and test_inner_steps must be >= 0 and inner_lr > 0, got "
-            f"{maml.inner_steps}, {maml.test_inner_steps}, {maml.inner_lr}"
-        )
-    ways = (config.episodes.way, config.train.val_way, config.test.way)
-    if config.model.algorithm != "protonet" and maml.head == "learned" and len(set(ways)) > 1:
-        raise ConfigError(
-            "model.maml.head=learned fixes the way: episodes.way, train.val_way and test.way "
-            f"must be equal, got {ways[0]}, {ways[1]}, {ways[2]} (or use model.maml.head=zero)"
-        )
+    _check_name(config.name)
+    _check_learner(config)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", config.device):
         raise ConfigError(
             f"device={config.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
         )
-    if config.train.checkpoint_every < 0:
-        raise ConfigError(
-            f"train.checkpoint_every must be >= 0 (0: at validation only), "
-            f"got {config.train.checkpoint_every}"
-        )
-    p = config.pretrain
-    for key, value, ok, allowed in (
-        ("pretrain.lr", p.lr, p.lr > 0, "> 0"),
-        ("pretrain.momentum", p.momentum, 0 <= p.momentum < 1, "in [0, 1)"),
-        ("pretrain.weight_decay", p.weight_decay, p.weight_decay >= 0, ">= 0"),
-        ("pretrain.label_smoothing", p.label_smoothing, 0 <= p.label_smoothing < 1, "in [0, 1)"),
-        ("pretrain.crop_padding", p.crop_padding, p.crop_padding >= 0, ">= 0"),
-        ("pretrain.batch_size", p.batch_size, p.batch_size >= 2, ">= 2 (BatchNorm)"),
-    ):
-        if not ok:
-            raise ConfigError(f"{key} must be {allowed}, got {value}")
-    if config.episodes.way < 2 or config.test.way < 2 or config.train.val_way < 2:
-        raise ConfigError("episodes.way, train.val_way and test.way must be at least 2")
 
 
-def _read_yaml(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+def _check_learner(config: RunConfig) -> None:
+    algorithm, maml = config.model.algorithm, config.model.maml
+    if algorithm in NOT_META_TRAINED and config.train.steps:
         raise ConfigError(
-            f"config file {path} must hold a mapping of keys, got {type(data).__name__}"
+            f"model.algorithm={algorithm} adapts per episode and is not "
+            "meta-trained: set train.steps=0, and model.pretrained to the backbone to use"
         )
-    try:
-        return OmegaConf.create(data)
-    except OmegaConfBaseException as err:
-        raise ConfigError(f"{path}: {_describe(err)}") from None
+    if algorithm in NOT_META_TRAINED and not config.model.pretrained:
+        raise ConfigError(
+            f"model.algorithm={algorithm} needs a trained backbone: set "
+            "model.pretrained to a run's checkpoint (runs/<run>/best.pt), a weights file or a "
+            "torchvision weight name (IMAGENET1K_V1)"
+        )
+    if not re.fullmatch(r"all|head|top:[1-9]\d*", maml.adapt):
+        raise ConfigError(f"model.maml.adapt={maml.adapt!r} is not allowed; use all, head or top:N")
+    ways = (config.episodes.way, config.train.val_way, config.test.way)
+    if algorithm != "protonet" and maml.head == "learned" and len(set(ways)) > 1:
+        raise ConfigError(
+            "model.maml.head=learned fixes the way: episodes.way, train.val_way and test.way "
+            f"must be equal, got {ways[0]}, {ways[1]}, {ways[2]} (or use model.maml.head=zero)"
+        )
+
+
+def _check_name(name: str) -> None:
+    """``name`` is empty (a name from the learner and the time) or one path component."""
+    problem = name and _name_problem(name)
+    if problem:
+        raise ConfigError(
+            f"name={name!r} {problem}; a run name is one folder name inside out_dir (like "
+            "trial-001 or my_run.v2), or empty for one made from the learner and the time"
+        )
+
+
+def _name_problem(name: str) -> str:
+    if "/" in name or "\\" in name:
+        return "has a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "has a control character"
+    if name[0] in ".-":
+        return f"starts with {name[0]!r}"
+    if name != name.strip():
+        return "starts or ends with a space"
+    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    return ""
 
 
 def _describe(err: OmegaConfBaseException) -> str:

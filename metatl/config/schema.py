@@ -2,11 +2,17 @@
 
 The defaults are the main job: ProtoNet with a Conv-4 on the 28x28 glyph benchmark,
 trained on 20-way 5-shot episodes and tested on 5-way 1-shot and 5-shot.
+
+Every numeric field states its allowed range next to it (``metadata=between(...)``, see
+:mod:`metatl.config.domains`); nan and infinities are never allowed. The upper bounds are
+sanity fences, far above any real run, that catch typos and overflowing values.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from metatl.config.domains import between, fraction, positive
 
 __all__ = [
     "DataConfig",
@@ -24,6 +30,16 @@ __all__ = [
     "WandbConfig",
 ]
 
+STEPS = 10_000_000  # steps, and intervals counted in steps
+EPOCHS = 100_000
+ITERS = 100_000  # optimiser iterations inside one episode
+SEED = 2**32 - 1  # numpy's seeds are 32-bit
+SIZE = 2048  # image height and width, pixels
+COUNT = 10_000  # classes, images per class, episodes in a meta-batch
+EPISODES = 1_000_000  # episodes of a validation or test set
+LR = 10.0
+DECAY = 10_000.0  # weight decays and L2 penalties
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -37,20 +53,21 @@ class DataConfig:
 
     dataset: str = "glyphs"
     root: str = "data/glyphs"
-    image_size: int = 28
+    # Images are loaded at this size; model.backbone needs a minimum (checked when it is built).
+    image_size: int = field(default=28, metadata=between(1, SIZE))
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
-    workers: int = 0
+    workers: int = field(default=0, metadata=between(0, 256, "0: load in the main process"))
 
 
 @dataclass(frozen=True)
 class EpisodesConfig:
     """Shape of the meta-training episodes."""
 
-    way: int = 20
-    shot: int = 5
-    query: int = 5
+    way: int = field(default=20, metadata=between(2, COUNT))
+    shot: int = field(default=5, metadata=between(1, COUNT))
+    query: int = field(default=5, metadata=between(1, COUNT))
 
 
 @dataclass(frozen=True)
@@ -58,9 +75,9 @@ class MAMLConfig:
     """The MAML family: ``model.algorithm`` maml, fomaml (first_order), anil (adapt=head) or
     metasgd (meta_sgd); the named variant forces its setting."""
 
-    inner_steps: int = 1
-    test_inner_steps: int = 10
-    inner_lr: float = 0.4
+    inner_steps: int = field(default=1, metadata=between(0, ITERS))
+    test_inner_steps: int = field(default=10, metadata=between(0, ITERS))
+    inner_lr: float = field(default=0.4, metadata=positive(LR))
     first_order: bool = False
     adapt: str = "all"  # all | head | top:N
     head: str = "zero"  # zero (fresh per episode, any way) | learned (fixes the way)
@@ -78,9 +95,9 @@ class ModelConfig:
     # weights file, or a metatl checkpoint whose backbone is reused.
     pretrained: str = ""
     # Backbone input size; 0 = data.image_size. Episodes are resized to it on the fly.
-    input_size: int = 0
+    input_size: int = field(default=0, metadata=between(0, SIZE, "0: data.image_size"))
     distance: str = "sqeuclidean"
-    cosine_scale: float = 10.0
+    cosine_scale: float = field(default=10.0, metadata=positive(10_000.0))
     maml: MAMLConfig = field(default_factory=MAMLConfig)
 
 
@@ -89,21 +106,21 @@ class LinearProbeConfig:
     """The ``linear`` method: logistic regression on frozen features, per episode."""
 
     normalize: str = "l2"  # none | l2 | center | center_l2
-    weight_decay: float = 1e-3
-    max_iter: int = 100
+    weight_decay: float = field(default=1e-3, metadata=between(0, DECAY))
+    max_iter: int = field(default=100, metadata=between(1, ITERS))
 
 
 @dataclass(frozen=True)
 class FineTuneConfig:
     """The ``finetune`` method: a head, then the top ``n_blocks`` blocks (-1: all)."""
 
-    n_blocks: int = 1
-    steps: int = 50
-    head_lr: float = 1e-2
-    backbone_lr: float = 1e-3
-    weight_decay: float = 1e-3
+    n_blocks: int = field(default=1, metadata=between(-1, 1000, "-1: all"))
+    steps: int = field(default=50, metadata=between(0, ITERS))
+    head_lr: float = field(default=1e-2, metadata=positive(LR))
+    backbone_lr: float = field(default=1e-3, metadata=between(0, LR, "0: blocks stay fixed"))
+    weight_decay: float = field(default=1e-3, metadata=between(0, DECAY))
     normalize: str = "l2"  # none | l2 | center | center_l2
-    head_iters: int = 100
+    head_iters: int = field(default=100, metadata=between(1, ITERS))
     batch_norm: str = "frozen"  # frozen | adapt
     optimizer: str = "sgd"  # sgd | adam
 
@@ -112,39 +129,40 @@ class FineTuneConfig:
 class OptimConfig:
     """Outer-loop optimiser (Adam) and step decay of its learning rate."""
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    lr_decay_every: int = 2000
-    lr_decay: float = 0.5
+    lr: float = field(default=1e-3, metadata=positive(LR))
+    weight_decay: float = field(default=0.0, metadata=between(0, DECAY))
+    lr_decay_every: int = field(default=2000, metadata=between(1, STEPS))
+    # The learning rate is multiplied by this every lr_decay_every steps.
+    lr_decay: float = field(default=0.5, metadata=positive(1.0, "1: constant"))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Meta-training length, logging and periodic validation on a fixed episode set."""
 
-    steps: int = 4000
-    meta_batch: int = 1
-    log_every: int = 50
-    val_every: int = 500
-    val_episodes: int = 300
-    val_way: int = 5
-    val_shot: int = 1
-    val_query: int = 15
-    val_seed: int = 2
+    steps: int = field(default=4000, metadata=between(0, STEPS, "0: test only"))
+    meta_batch: int = field(default=1, metadata=between(1, COUNT))
+    log_every: int = field(default=50, metadata=between(1, STEPS))
+    val_every: int = field(default=500, metadata=between(1, STEPS))
+    val_episodes: int = field(default=300, metadata=between(1, EPISODES))
+    val_way: int = field(default=5, metadata=between(2, COUNT))
+    val_shot: int = field(default=1, metadata=between(1, COUNT))
+    val_query: int = field(default=15, metadata=between(1, COUNT))
+    val_seed: int = field(default=2, metadata=between(0, SEED))
     # Also write last.pt (with optimiser, scheduler and RNG states) every this many steps,
     # besides at each validation and on SIGTERM/SIGINT; 0 = only then.
-    checkpoint_every: int = 0
+    checkpoint_every: int = field(default=0, metadata=between(0, STEPS, "0: at validation only"))
 
 
 @dataclass(frozen=True)
 class TestConfig:
     """The final test: a fixed seeded episode set per shot, scored for every method."""
 
-    way: int = 5
-    shots: list[int] = field(default_factory=lambda: [1, 5])
-    query: int = 15
-    episodes: int = 600
-    seed: int = 3
+    way: int = field(default=5, metadata=between(2, COUNT))
+    shots: list[int] = field(default_factory=lambda: [1, 5], metadata=between(1, COUNT))
+    query: int = field(default=15, metadata=between(1, COUNT))
+    episodes: int = field(default=600, metadata=between(1, EPISODES))
+    seed: int = field(default=3, metadata=between(0, SEED))
     # Scored on the same episodes as the trained learner (e.g. linear, finetune, protonet).
     methods: list[str] = field(default_factory=list)
     pixel_baseline: bool = True
@@ -159,15 +177,17 @@ class PretrainConfig:
     ``train.val_*`` episodes, after every ``val_every`` epochs; the best is kept.
     """
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 0.05  # SGD with momentum, cosine decay to 0 over all epochs
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.0
+    epochs: int = field(default=20, metadata=between(1, EPOCHS))
+    batch_size: int = field(default=128, metadata=between(2, 1_000_000, "BatchNorm needs 2"))
+    # SGD with momentum, cosine decay to 0 over all epochs
+    lr: float = field(default=0.05, metadata=positive(LR))
+    momentum: float = field(default=0.9, metadata=fraction())
+    weight_decay: float = field(default=5e-4, metadata=between(0, DECAY))
+    label_smoothing: float = field(default=0.0, metadata=fraction())
     augment: str = "crop"  # none | crop (random crop after padding) | crop_flip
-    crop_padding: int = 4  # pixels of padding before the random crop, at the input size
-    val_every: int = 1
+    # pixels of padding before the random crop, at the input size
+    crop_padding: int = field(default=4, metadata=between(0, SIZE))
+    val_every: int = field(default=1, metadata=between(1, EPOCHS))
 
 
 @dataclass(frozen=True)
@@ -204,8 +224,9 @@ class RunConfig:
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    seed: int = 0
+    seed: int = field(default=0, metadata=between(0, SEED))
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 also scales the loss)
     out_dir: str = "runs"
+    # The run directory out_dir/<name>: one path component; "" = from the learner and time.
     name: str = ""

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from metatl.config import load_config, parse_overrides
+from metatl.config import ConfigError, load_config, parse_overrides
+from metatl.config.yaml_reader import read_yaml
 from metatl.sweeping.command import ARGS_MACROS, DEFAULT_COMMAND, format_value
 from metatl.sweeping.engine import fill_defaults, percentiles, schema_violations
 from metatl.tracking import config_keys
@@ -131,15 +130,13 @@ def load_spec(path: str | Path, root: str | Path | None = None) -> SweepSpec:
             it); default the current directory.
 
     Raises:
-        SweepSpecError: The file is unreadable or the spec fails a check.
+        SweepSpecError: The file is missing, unreadable, larger than 256 KiB, expands to too
+            much (YAML aliases; see :mod:`metatl.config.yaml_reader`), or fails a check.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SweepSpecError(f"sweep spec {path} does not exist")
     try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise SweepSpecError(f"sweep spec {path} is not valid YAML: {err}") from None
+        config = read_yaml(path, "sweep spec")
+    except ConfigError as err:
+        raise SweepSpecError(str(err)) from None
     return spec_from_dict(config, source=str(path), root=root)
 
 
