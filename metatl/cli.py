@@ -9,7 +9,7 @@ from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Sequence
 
 from metatl.config import ConfigError
-from metatl.training.preemption import EXIT_PREEMPTED, Preempted
+from metatl.training.preemption import EXIT_PREEMPTED, Interrupted
 
 __all__ = ["USER_ERRORS", "add_run_arguments", "check_resume", "run_main"]
 
@@ -19,14 +19,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFou
 
 def run_main(body: Callable[[], int]) -> int:
     """Run an entrypoint body; a user error becomes ``error: ...`` on stderr and exit 2, a
-    run stopped by SIGTERM/SIGINT (checkpoint written) exits with ``EXIT_PREEMPTED`` (75)."""
+    run or evaluation stopped by SIGTERM/SIGINT (:class:`Interrupted`; a run has written its
+    checkpoint) exits with ``EXIT_PREEMPTED`` (75)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return body()
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except Preempted as stop:
+    except Interrupted as stop:
         print(str(stop), file=sys.stderr)
         return EXIT_PREEMPTED
     except KeyboardInterrupt:
@@ -35,7 +36,8 @@ def run_main(body: Callable[[], int]) -> int:
 
 
 def add_run_arguments(parser: ArgumentParser) -> None:
-    """``--config FILE`` and ``--resume RUN_DIR``, as every run-starting entrypoint has."""
+    """``--config FILE``, ``--resume RUN_DIR``, ``--data-root DIR`` and ``--interpolate``, as
+    every run-starting entrypoint has."""
     parser.add_argument("--config", help="YAML file of config keys (default: built-in defaults)")
     parser.add_argument(
         "--resume",
@@ -43,12 +45,26 @@ def add_run_arguments(parser: ArgumentParser) -> None:
         help="continue a stopped run from its last.pt, with its own config (exactly: the "
         "result equals an uninterrupted run's)",
     )
+    parser.add_argument(
+        "--data-root",
+        metavar="DIR",
+        help="where the dataset is (as data.root=DIR); with --resume, where the run's data "
+        "is now if it moved (it must be the same data)",
+    )
+    parser.add_argument(
+        "--interpolate",
+        action="store_true",
+        help="resolve OmegaConf interpolations such as ${oc.env:VAR} in your --config file "
+        "and overrides (off by default: configs are data); the resolved values are stored",
+    )
 
 
 def check_resume(args: Namespace, overrides: Sequence[str]) -> None:
-    """A resumed run keeps the config it started with: refuse a new one."""
-    if args.resume and (args.config or overrides):
+    """A resumed run keeps the config it started with: refuse a new one (``--data-root``
+    alone may change, to follow data that moved)."""
+    if args.resume and (args.config or overrides or args.interpolate):
+        given = " ".join(overrides) or args.config or "--interpolate"
         raise ConfigError(
             "--resume continues a run with the config it was started with; drop "
-            f"--config and the overrides ({' '.join(overrides) or args.config})"
+            f"--config and the overrides ({given}); if the data moved, use --data-root DIR"
         )

@@ -2,15 +2,22 @@
 [--way 5 --shot 1 5 --episodes 600] [--out-dir DIR] [key=value ...]``.
 
 Every evaluation ends in its own directory (by default ``evaluations/<timestamp>`` in the
-checkpoint's run directory) with ``results.json``, ``report.md`` and plots.
+checkpoint's run directory) with ``results.json``, ``report.md`` and plots. The directory
+is created once the evaluation has finished: an evaluation stopped by SIGTERM/SIGINT (exit
+code 75) or by an error leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import json
+import logging
+import math
+import os
+import re
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -18,34 +25,189 @@ from pathlib import Path
 from typing import Any
 
 from episodes import LabelledImages
-from metatl.algorithms import Learner
+from metatl.algorithms import MAML_VARIANTS, Learner
 from metatl.atomic_io import write_text_atomic
 from metatl.cli import run_main
-from metatl.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from metatl.config import ConfigError, RunConfig, config_to_dict, flatten, parse_overrides
 from metatl.reports import write_run_report
 from metatl.tracking import create_tracker
 from metatl.training import build_learner, load_checkpoint, load_split
+from metatl.training.checkpoint import CheckpointError, checkpoint_config
 from metatl.training.evaluation import (
     EvalResult,
     build_methods,
     default_methods,
     evaluate_learners,
+    few_episodes_note,
     format_paired_table,
     format_table,
     list_methods,
     paired_difference,
 )
-from metatl.training.meta_train import new_directory, test_metrics
+from metatl.training.meta_train import test_metrics
+from metatl.training.preemption import stop_on_signals
+from metatl.training.run_dir import new_directory
+
+logger = logging.getLogger("metatl.evaluate")
+
+ARCHITECTURE_KEYS = (
+    "model.algorithm",
+    "model.backbone",
+    "model.distance",
+    "model.maml.head",
+    "model.maml.meta_sgd",
+)
+"""Config keys whose value decides which weights a checkpoint holds: an override that changes
+one is refused (``model.distance`` only for a ProtoNet checkpoint, ``model.maml.*`` only for
+one of the MAML family). Others that may change shapes (``data.image_size``,
+``model.input_size``, ``episodes.way`` for a learned head) are allowed as long as the weights
+still fit."""
+
+_KEY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+class OutputPathError(ValueError):
+    """An output path (``--json``, ``--out-dir``) cannot be written."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = split_overrides(argv, _one_value_options(parser))
+    args, unknown = parser.parse_known_args(rest)
+    # --key=value and --key value: unknown to the parser, config keys too.
+    return run_main(lambda: _evaluate(args, [*overrides, *unknown]))
+
+
+def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    """Check the outputs, load, evaluate (stopping cleanly on SIGTERM/SIGINT), then write
+    the evaluation directory: it exists only once there are results to put in it."""
+    _check_outputs(args)
+    checkpoints = [_checkpoint_file(c) for c in args.checkpoint]
+    out_base = args.out_dir
+    if out_base is None:
+        out_base = checkpoints[0].parent / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
+        _check_out_dir(out_base, "the evaluation directory")
+    with stop_on_signals() as stop:
+        loaded = [load_checkpoint(c) for c in checkpoints]
+        configs = [
+            _effective_config(c, file, overrides, args)
+            for c, file in zip(loaded, checkpoints, strict=True)
+        ]
+        config = configs[0]
+        _check_same_data(configs, checkpoints)
+        split = load_split(config.data, args.split or config.data.test_split)
+        stop.check()  # a signal while the data loaded: no need to build anything more
+        learners = _learners(loaded, checkpoints, configs, split, args.methods or [])
+        logger.info(
+            "evaluating %s on %d setting(s) of %d episodes (%s split, %d classes)",
+            ", ".join(learners),
+            len(config.test.shots),
+            config.test.episodes,
+            split.name,
+            split.num_classes,
+        )
+        note = few_episodes_note([config.test.episodes])
+        if note:
+            logger.warning("%s", note)
+        started = time.perf_counter()
+        table = evaluate_learners(learners, split, config, stop=stop)
+        eval_time = time.perf_counter() - started
+        _print_tables(table, split, config)
+        results = _results(checkpoints, loaded, config, split.name, table, eval_time)
+        if args.json:
+            write_text_atomic(args.json, _json_text(results["test"]))
+        out_dir = new_directory(out_base)
+        write_text_atomic(out_dir / "results.json", _json_text(results))
+        plots = write_run_report(out_dir, results=results, records=[], table=table)
+        _track(config, out_dir, checkpoints[0], table, plots)
+    print(f"\nReport: {out_dir / 'report.md'} (results.json and {len(plots)} plot(s) beside it)")
+    return 0
+
+
+def _results(
+    checkpoints: Sequence[Path],
+    loaded: Sequence[Mapping[str, Any]],
+    config: RunConfig,
+    split: str,
+    table: Mapping[str, Mapping[str, EvalResult]],
+    eval_time: float,
+) -> dict[str, Any]:
+    """The evaluation's ``results.json``: JSON-ready, ``None`` where a number is undefined."""
+    results = {
+        "checkpoint": str(checkpoints[0]),
+        "checkpoint_step": loaded[0].get("step"),
+        "run_dir": str(checkpoints[0].parent),
+        "best_val": loaded[0].get("val") or {},
+        "split": split,
+        "test": {s: {m: r.summary() for m, r in rows.items()} for s, rows in table.items()},
+        "paired": paired_differences(table),
+        "config": config_to_dict(config),
+        "eval_time_s": eval_time,
+    }
+    if len(checkpoints) > 1:
+        labels = _labels(checkpoints)
+        results["checkpoints"] = dict(zip(labels, map(str, checkpoints), strict=True))
+    return _finite(results)
+
+
+def _check_same_data(configs: Sequence[RunConfig], checkpoints: Sequence[Path]) -> None:
+    """Several checkpoints are compared on one dataset."""
+    first = _data_key(configs[0])
+    for other, file in zip(configs[1:], checkpoints[1:], strict=True):
+        if _data_key(other) != first:
+            raise ConfigError(
+                f"{file} was trained on other data ({_data_key(other)}) than "
+                f"{checkpoints[0]} ({first}); checkpoints are compared on one dataset: give "
+                "data.* overrides or --data-root so that they agree"
+            )
+
+
+def _learners(
+    loaded: Sequence[Mapping[str, Any]],
+    checkpoints: Sequence[Path],
+    configs: Sequence[RunConfig],
+    split: LabelledImages,
+    methods: Sequence[str],
+) -> dict[str, Learner]:
+    """Method name -> learner over all checkpoints (``<run>/<method>`` for several)."""
+    labels = _labels(checkpoints)
+    learners: dict[str, Learner] = {}
+    for i, (checkpoint, file, config) in enumerate(zip(loaded, checkpoints, configs, strict=True)):
+        learner = _learner(checkpoint, file, config, split)
+        names = list(methods) or default_methods(config)
+        if i:  # raw pixels do not depend on the checkpoint: score them once
+            names = [n for n in names if n != "pixels"]
+        prefix = f"{labels[i]}/" if len(loaded) > 1 else ""
+        for name, method in build_methods(names, learner, config).items():
+            learners[name if name == "pixels" else prefix + name] = method
+    return learners
+
+
+def _print_tables(
+    table: Mapping[str, Mapping[str, EvalResult]], split: LabelledImages, config: RunConfig
+) -> None:
+    test = config.test
+    print(
+        f"\n{split.name}: {split.num_classes} classes, {test.episodes} episodes per setting, "
+        f"{test.query} queries per class\n"
+    )
+    print(format_table(table))
+    paired = format_paired_table(table)
+    if paired:
+        print("\nPaired differences (percentage points, mean ± 95% CI over the episodes):\n")
+        print(paired)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m metatl.evaluate",
         description="Evaluate a checkpoint on fixed seeded test episodes: accuracy ± 95% CI "
         "per setting for each method, all on the same episodes, and the paired differences "
         "between methods.",
-        epilog="Overrides: dotted config keys applied to the checkpoint's config, e.g. "
-        "finetune.n_blocks=2 or --test.query=5 (once the schema has those sections).",
+        epilog="Overrides: dotted config keys applied to the checkpoint's config, anywhere on "
+        "the command line, e.g. finetune.n_blocks=2 or --test.query=5. Keys that decide the "
+        f"architecture ({', '.join(ARCHITECTURE_KEYS)}) cannot change on a trained checkpoint.",
     )
     parser.add_argument(
         "--checkpoint",
@@ -80,78 +242,80 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, help="also write the per-setting summaries to this JSON file"
     )
-    args, overrides = parser.parse_known_args(argv)
-    # `--methods a b key=value`: nargs="+" swallows the overrides that follow the names.
-    methods = [m for m in args.methods or [] if "=" not in m]
-    overrides += [m for m in args.methods or [] if "=" in m]
+    return parser
 
-    def body() -> int:
-        checkpoints = [_checkpoint_file(c) for c in args.checkpoint]
-        loaded = [load_checkpoint(c) for c in checkpoints]
-        configs = [_effective_config(c["config"], overrides, args) for c in loaded]
-        config = configs[0]
-        for other, file in zip(configs[1:], checkpoints[1:], strict=True):
-            if _data_key(other) != _data_key(config):
-                raise ConfigError(
-                    f"{file} was trained on other data ({_data_key(other)}) than "
-                    f"{checkpoints[0]} ({_data_key(config)}); checkpoints are compared on one "
-                    "dataset: give data.* overrides or --data-root so that they agree"
-                )
-        split = load_split(config.data, args.split or config.data.test_split)
-        labels = _labels(checkpoints)
-        learners: dict[str, Learner] = {}
-        for i, (checkpoint, run_config) in enumerate(zip(loaded, configs, strict=True)):
-            learner = _learner(checkpoint, run_config, split)
-            names = methods or default_methods(run_config)
-            if i:  # raw pixels do not depend on the checkpoint: score them once
-                names = [n for n in names if n != "pixels"]
-            prefix = f"{labels[i]}/" if len(loaded) > 1 else ""
-            for name, method in build_methods(names, learner, run_config).items():
-                learners[name if name == "pixels" else prefix + name] = method
-        started = time.perf_counter()
-        table = evaluate_learners(learners, split, config)
-        eval_time = time.perf_counter() - started
-        print(
-            f"\n{split.name}: {split.num_classes} classes, {config.test.episodes} episodes per "
-            f"setting, {config.test.query} queries per class\n"
-        )
-        print(format_table(table))
-        paired = format_paired_table(table)
-        if paired:
-            print("\nPaired differences (percentage points, mean ± 95% CI over the episodes):\n")
-            print(paired)
-        summaries = {s: {m: r.summary() for m, r in rows.items()} for s, rows in table.items()}
-        if args.json:
-            args.json.write_text(json.dumps(summaries, indent=2, sort_keys=True) + "\n")
-        results = {
-            "checkpoint": str(checkpoints[0]),
-            "checkpoint_step": loaded[0].get("step"),
-            "run_dir": str(checkpoints[0].parent),
-            "best_val": loaded[0].get("val") or {},
-            "split": split.name,
-            "test": summaries,
-            "paired": paired_differences(table),
-            "config": config_to_dict(config),
-            "eval_time_s": eval_time,
-        }
-        if len(checkpoints) > 1:
-            results["checkpoints"] = {
-                label: str(c) for label, c in zip(labels, checkpoints, strict=True)
-            }
-        out_dir = new_directory(
-            args.out_dir or checkpoints[0].parent / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
-        )
-        write_text_atomic(
-            out_dir / "results.json", json.dumps(results, indent=2, sort_keys=True) + "\n"
-        )
-        plots = write_run_report(out_dir, results=results, records=[], table=table)
-        _track(config, out_dir, checkpoints[0], table, plots)
-        print(
-            f"\nReport: {out_dir / 'report.md'} (results.json and {len(plots)} plot(s) beside it)"
-        )
-        return 0
 
-    return run_main(body)
+def split_overrides(
+    argv: Sequence[str], one_value_options: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """Pull the ``key=value`` config overrides out of a command line, wherever they stand.
+
+    An override is a token ``key=value`` whose key is a dotted path starting with a field
+    of :class:`RunConfig` (``test.way=3``, ``finetune.n_blocks=2``, ``seed=1``), so that
+    ``--checkpoint RUN test.way=3`` or ``--shot 1 test.way=3`` never reads it as a path or a
+    shot count. A token right after an option that takes one value (``--json test=a.json``)
+    is that option's value.
+
+    Args:
+        argv: The command line, without the program name.
+        one_value_options: Option strings that take exactly one value.
+
+    Returns:
+        ``(overrides, the other tokens in order)``.
+    """
+    sections = {f.name for f in dataclasses.fields(RunConfig)}
+    overrides: list[str] = []
+    rest: list[str] = []
+    for i, token in enumerate(argv):
+        key, equals, _ = token.partition("=")
+        previous = argv[i - 1] if i else ""
+        is_value = (
+            previous.startswith("--")
+            and "=" not in previous
+            and any(option.startswith(previous) for option in one_value_options)
+        )
+        if equals and _KEY.fullmatch(key) and key.split(".")[0] in sections and not is_value:
+            overrides.append(token)
+        else:
+            rest.append(token)
+    return overrides, rest
+
+
+def _one_value_options(parser: argparse.ArgumentParser) -> list[str]:
+    """The parser's option strings that take exactly one value."""
+    return [s for a in parser._actions if a.nargs is None for s in a.option_strings]
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json`` and ``--out-dir`` can be written, checked before anything is loaded.
+
+    Raises:
+        OutputPathError: With the path and what is wrong with it.
+    """
+    if args.json is not None:
+        if args.json.is_dir():
+            raise OutputPathError(f"--json {args.json} is a directory; give a file name")
+        parent = args.json.parent
+        if not parent.is_dir():
+            what = "is not a directory" if parent.exists() else "does not exist"
+            raise OutputPathError(f"--json {args.json}: directory {parent} {what}")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputPathError(f"--json {args.json}: directory {parent} is not writable")
+    if args.out_dir is not None:
+        _check_out_dir(args.out_dir, f"--out-dir {args.out_dir}")
+
+
+def _check_out_dir(path: Path, name: str) -> None:
+    """``path`` is a directory or can be created as one."""
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{name} is a file, not a directory")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"{name}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{name}: {existing} is not writable")
 
 
 def _checkpoint_file(path: str) -> Path:
@@ -160,26 +324,69 @@ def _checkpoint_file(path: str) -> Path:
 
 
 def _effective_config(
-    values: dict[str, Any], overrides: Sequence[str], args: argparse.Namespace
+    checkpoint: Mapping[str, Any],
+    file: Path,
+    overrides: Sequence[str],
+    args: argparse.Namespace,
 ) -> RunConfig:
-    """A checkpoint's config with the overrides and the episode options applied."""
-    config = config_from_dict(values, overrides)
+    """A checkpoint's config with the overrides and the episode options applied.
+
+    Raises:
+        CheckpointError: The checkpoint has no (readable) config.
+        ConfigError: An override is invalid or changes an :data:`ARCHITECTURE_KEYS` key.
+    """
+    _refuse_architecture_changes(checkpoint, file, overrides)
+    # The episode options are overrides too, so that the schema checks their values.
     chosen = {
-        "way": args.way,
-        "shots": args.shot,
-        "query": args.query,
-        "episodes": args.episodes,
-        "seed": args.seed,
+        "test.way": args.way,
+        "test.shots": f"[{','.join(map(str, args.shot))}]" if args.shot else None,
+        "test.query": args.query,
+        "test.episodes": args.episodes,
+        "test.seed": args.seed,
+        "data.root": json.dumps(args.data_root) if args.data_root is not None else None,
     }
-    test = dataclasses.replace(
-        config.test,
-        **{k: v for k, v in chosen.items() if v is not None},
-        pixel_baseline=not args.no_pixel_baseline,
-    )
-    data = config.data
-    if args.data_root is not None:
-        data = dataclasses.replace(data, root=args.data_root)
-    return dataclasses.replace(config, test=test, data=data)
+    options = [f"{key}={value}" for key, value in chosen.items() if value is not None]
+    if args.no_pixel_baseline:
+        options.append("test.pixel_baseline=false")
+    return checkpoint_config(checkpoint, file, [*overrides, *options])
+
+
+def _refuse_architecture_changes(
+    checkpoint: Mapping[str, Any], file: Path, overrides: Sequence[str]
+) -> None:
+    """Refuse overrides that change an :data:`ARCHITECTURE_KEYS` key of the checkpoint's
+    config (checked before the rest of the config, whose checks would blame other keys).
+
+    Raises:
+        ConfigError: Naming the keys, the values asked for and the checkpoint's.
+    """
+    stored = checkpoint_config(checkpoint, file)
+    given = dict(o.partition("=")[::2] for o in parse_overrides(list(overrides)))
+    algorithm = stored.model.algorithm
+    keys = [
+        k
+        for k in ARCHITECTURE_KEYS
+        if k in given
+        and (k != "model.distance" or algorithm == "protonet")
+        and (not k.startswith("model.maml.") or algorithm in MAML_VARIANTS)
+    ]
+    if not keys:
+        return
+    try:
+        asked = checkpoint_config(checkpoint, file, [f"{k}={given[k]}" for k in keys])
+        wanted = {k: _get(asked, k) for k in keys if _get(asked, k) != _get(stored, k)}
+    except ConfigError:  # e.g. an algorithm that the rest of the config does not allow
+        wanted = {k: given[k] for k in keys}
+    if wanted:
+        hint = " (choose what to evaluate with --methods)" if "model.algorithm" in wanted else ""
+        raise ConfigError(
+            f"{', '.join(f'{k}={v}' for k, v in wanted.items())} cannot change on a trained "
+            f"checkpoint: {file} has {', '.join(f'{k}={_get(stored, k)}' for k in wanted)}{hint}"
+        )
+
+
+def _get(config: RunConfig, key: str) -> Any:
+    return functools.reduce(getattr, key.split("."), config)
 
 
 def _data_key(config: RunConfig) -> tuple[str, str, int, str]:
@@ -193,7 +400,15 @@ def _labels(checkpoints: Sequence[Path]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
 
 
-def _learner(checkpoint: dict[str, Any], config: RunConfig, split: LabelledImages) -> Learner:
+def _learner(
+    checkpoint: Mapping[str, Any], file: Path, config: RunConfig, split: LabelledImages
+) -> Learner:
+    """The checkpoint's learner, built from ``config`` and loaded with its weights.
+
+    Raises:
+        CheckpointError: The weights do not fit the model ``config`` builds (one line,
+            naming the file, what differs and the overrides that may be the cause).
+    """
     channels, size, _ = split.image_shape
     # The checkpoint holds every weight: no need to resolve model.pretrained again.
     model = dataclasses.replace(config.model, pretrained="")
@@ -201,10 +416,57 @@ def _learner(checkpoint: dict[str, Any], config: RunConfig, split: LabelledImage
         dataclasses.replace(config, model=model), channels, size, n_way=config.episodes.way
     )
     state = checkpoint["model"]
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"checkpoint {file} holds no model weights")
     if checkpoint.get("kind") == "pretrain":  # a backbone and its pretraining classifier
-        state = {k: v for k, v in state.items() if k.startswith("backbone.")}
-    learner.load_state_dict(state)
+        state = {k: v for k, v in state.items() if str(k).startswith("backbone.")}
+    problem = _misfit(state, learner.state_dict())
+    if not problem:
+        try:
+            learner.load_state_dict(state)
+        except (RuntimeError, TypeError, ValueError):
+            problem = "its weights cannot be loaded"
+    if problem:
+        stored = flatten(config_to_dict(checkpoint_config(checkpoint, file)))
+        now = flatten(config_to_dict(config))
+        changed = [
+            f"{k}={now[k]}"
+            for k in now
+            if k.startswith(("model.", "data.image_size", "episodes.way"))
+            and k != "model.pretrained"
+            and now[k] != stored.get(k)
+        ]
+        built = f"the model built with {', '.join(changed)}" if changed else "its model"
+        raise CheckpointError(f"checkpoint {file} does not fit {built}: {problem}")
     return learner
+
+
+def _misfit(state: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected``."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [
+        k
+        for k in expected
+        if k in state and tuple(getattr(state[k], "shape", (-1,))) != tuple(expected[k].shape)
+    ]
+    problems = []
+    if reshaped:
+        k = reshaped[0]
+        problems.append(
+            f"{len(reshaped)} tensor(s) of another shape ({k}: "
+            f"{list(getattr(state[k], 'shape', []))} in the checkpoint, "
+            f"{list(expected[k].shape)} in the model)"
+        )
+    if missing:
+        problems.append(f"{len(missing)} missing ({_first(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected ({_first(unexpected)})")
+    return "; ".join(problems)
+
+
+def _first(keys: Sequence[Any]) -> str:
+    return ascii(str(keys[0]))[1:-1][:80] + (", ..." if len(keys) > 1 else "")
 
 
 def _track(
@@ -237,13 +499,31 @@ def paired_differences(
     table: Mapping[str, Mapping[str, EvalResult]],
 ) -> list[dict[str, Any]]:
     """Every pair of methods in each setting: ``{"setting", "a", "b", "difference", "ci95"}``,
-    the mean and 95% half-width of the per-episode differences ``a - b``."""
+    the mean and 95% half-width of the per-episode differences ``a - b`` (``ci95`` is
+    ``None`` when undefined: one episode)."""
     pairs = []
     for setting, rows in table.items():
         for a, b in itertools.combinations(rows, 2):
             mean, ci = paired_difference(rows[a], rows[b])
-            pairs.append({"setting": setting, "a": a, "b": b, "difference": mean, "ci95": ci})
+            ci95 = None if math.isnan(ci) else ci
+            pairs.append({"setting": setting, "a": a, "b": b, "difference": mean, "ci95": ci95})
     return pairs
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts and lists) made ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_text(value: Any) -> str:
+    """Strict JSON (``null`` where a number is undefined, never a bare ``NaN``)."""
+    return json.dumps(_finite(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 if __name__ == "__main__":

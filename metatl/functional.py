@@ -7,7 +7,11 @@ import math
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+MIN_EPISODES_FOR_CI = 30
+"""Below this many episodes the normal approximation behind a 95% interval is doubtful."""
+
 __all__ = [
+    "MIN_EPISODES_FOR_CI",
     "accuracy",
     "cosine_similarity_matrix",
     "mean_confidence_interval",
@@ -79,17 +83,22 @@ def mean_confidence_interval(values: torch.Tensor | list[float]) -> tuple[float,
     """Mean and 95% confidence half-width ``1.96 * std / sqrt(n)`` over episodes.
 
     This is the interval few-shot papers report (Meta-Dataset, LibFewShot); ``std`` is the
-    sample standard deviation (``n - 1``). A single value has a half-width of 0.
+    sample standard deviation (``n - 1``). It rests on the normal approximation of the mean,
+    which is doubtful below about :data:`MIN_EPISODES_FOR_CI` values. A single value has no
+    interval: its half-width is NaN (shown as ``n/a``, written as ``null`` in JSON), not 0.
 
     Args:
         values: Per-episode accuracies ``[n]``.
 
     Returns:
-        ``(mean, half_width)``.
+        ``(mean, half_width)``; ``half_width`` is NaN for one value.
+
+    Raises:
+        ValueError: If ``values`` is empty.
     """
     v = torch.as_tensor(values, dtype=torch.float64)
     if v.numel() == 0:
         raise ValueError("mean_confidence_interval needs at least one value")
     if v.numel() == 1:
-        return float(v[0]), 0.0
+        return float(v[0]), math.nan
     return float(v.mean()), float(1.96 * v.std(unbiased=True) / math.sqrt(v.numel()))

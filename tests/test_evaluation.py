@@ -21,7 +21,9 @@ from metatl.training.evaluation import (
     EvalResult,
     UnknownMethodError,
     build_methods,
+    few_episodes_note,
     format_paired_table,
+    format_table,
     list_methods,
     paired_difference,
     register_method,
@@ -169,3 +171,28 @@ def test_evaluate_cli_with_methods(checkpoint: Path, tmp_path: Path, capsys) -> 
     assert "unknown evaluation method 'mamll'" in capsys.readouterr().err
     assert evaluate_cli.main([*args, "finetune.stepz=3"]) == 2
     assert "finetune" in capsys.readouterr().err
+
+
+def test_one_episode_has_no_interval_and_few_episodes_get_a_footnote() -> None:
+    one = EvalResult.from_accuracies([0.6])
+    assert math.isnan(one.ci95)
+    assert one.summary() == {"accuracy": 0.6, "ci95": None, "episodes": 1}
+    json.dumps(one.summary(), allow_nan=False)  # strict JSON: null, never a bare NaN
+    rows = {"5-way 1-shot": {"protonet": one, "pixels": EvalResult.from_accuracies([0.2])}}
+    assert format_table(rows).splitlines()[2:] == [
+        "| 5-way 1-shot | 60.00 ± n/a | 20.00 ± n/a |",
+        "",
+        "Note: 1 episode per setting; below 30 the normal approximation behind the 95% "
+        "intervals is doubtful (n/a: one episode gives no interval).",
+    ]
+    assert format_paired_table(rows).splitlines()[2] == "| protonet − pixels | +40.00 ± n/a |"
+
+    ten = EvalResult.from_accuracies([0.5] * 5 + [1.0] * 5)
+    assert format_table({"s": {"m": ten}}).endswith(
+        f"| s | 75.00 ± {100 * ten.ci95:.2f} |\n\nNote: 10 episodes per setting; below 30 the "
+        "normal approximation behind the 95% intervals is doubtful."
+    )
+    thirty = EvalResult.from_accuracies([0.5, 1.0] * 15)
+    assert "Note" not in format_table({"s": {"m": thirty, "n": thirty}})
+    assert few_episodes_note([]) == few_episodes_note([0, 600]) == ""
+    assert few_episodes_note([600, 10, 4, 10]).startswith("Note: 4/10 episodes per setting;")

@@ -50,6 +50,11 @@ def test_confidence_interval_is_1_96_sample_std_over_sqrt_n() -> None:
     mean, ci = mean_confidence_interval(values)
     std = math.sqrt(sum((v - 0.775) ** 2 for v in values) / 3)
     assert mean == pytest.approx(0.775) and ci == pytest.approx(1.96 * std / 2)
-    assert mean_confidence_interval([0.3]) == (0.3, 0.0)
     with pytest.raises(ValueError):
         mean_confidence_interval([])
+
+
+def test_one_value_has_an_undefined_interval_not_zero() -> None:
+    mean, ci = mean_confidence_interval([0.3])
+    assert mean == pytest.approx(0.3) and math.isnan(ci)
+    assert mean_confidence_interval([0.3, 0.3]) == (pytest.approx(0.3), 0.0)  # defined: no spread

@@ -292,3 +292,34 @@ def test_without_matplotlib_only_report_md(
     assert len(messages) == 1 and "pip install 'metatl[plots]'" in messages[0]
     with pytest.raises(ImportError, match=r"pip install 'metatl\[plots\]'"):
         plot_bars(["a"], [1.0], None, tmp_path / "a.png")
+
+
+def test_an_undefined_interval_is_na_in_the_report_and_the_plots(tmp_path: Path) -> None:
+    table = {
+        f"5-way {shot}-shot": {
+            "protonet": EvalResult.from_accuracies([0.8]),
+            "pixels": EvalResult.from_accuracies([0.4]),
+        }
+        for shot in (1, 5)
+    }
+    results = {
+        "checkpoint": "runs/x/best.pt",
+        "best_val": {"accuracy": 0.5, "ci95": None, "step": 3},
+        "test": {s: {m: r.summary() for m, r in rows.items()} for s, rows in table.items()},
+    }
+    (tmp_path / "results.json").write_text(json.dumps(results, allow_nan=False))
+    written = write_run_report(tmp_path, records=[])  # from results.json: summaries only
+    report = (tmp_path / "report.md").read_text()
+    assert "- best validation: 50.00 ± n/a% at step 3\n" in report
+    assert "| 5-way 1-shot | 80.00 ± n/a | 40.00 ± n/a |\n" in report
+    assert (
+        "\n\nNote: 1 episode per setting; below 30 the normal approximation behind the 95% "
+        "intervals is doubtful (n/a: one episode gives no interval).\n"
+    ) in report
+    if matplotlib_available():
+        assert [p.name for p in written] == ["accuracy_vs_shots.png", "methods.png"]
+        assert all(png_size(p)[0] > 0 for p in written)
+        plot_bars(["a", "b"], [1.0, 2.0], [float("nan"), 0.1], tmp_path / "bars.png")
+    in_memory = render_run_report(results, [], table=table)
+    assert "| protonet − pixels | +40.00 ± n/a | +40.00 ± n/a |" in in_memory
+    assert in_memory.count("Note: 1 episode per setting") == 1

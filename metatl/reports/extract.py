@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 __all__ = ["TestSummary", "mean_ci", "metric_series", "parse_setting", "shots_by_way"]
 
-TestSummary = Mapping[str, Mapping[str, Mapping[str, float]]]
+TestSummary = Mapping[str, Mapping[str, Mapping[str, float | None]]]
 """Setting -> method -> ``EvalResult.summary()`` (``accuracy``, ``ci95``, ``episodes``), the
-``test`` section of ``results.json``."""
+``test`` section of ``results.json``; ``ci95`` is ``None`` where undefined (one episode)."""
 
 _SETTING = re.compile(r"\s*(\d+)-way\s+(\d+)-shot\s*")
 
@@ -55,9 +56,11 @@ def shots_by_way(test: TestSummary) -> dict[int, list[int]]:
     return {way: sorted(shots) for way, shots in sorted(ways.items())}
 
 
-def mean_ci(summary: Mapping[str, float]) -> tuple[float, float]:
-    """``(accuracy, ci95)`` of one ``EvalResult.summary()``."""
-    return float(summary["accuracy"]), float(summary.get("ci95", 0.0))
+def mean_ci(summary: Mapping[str, float | None]) -> tuple[float, float]:
+    """``(accuracy, ci95)`` of one ``EvalResult.summary()``; an undefined ``ci95`` (``None``,
+    one episode) is NaN, which the tables show as ``n/a`` and the plots draw no bar for."""
+    ci = summary.get("ci95", 0.0)
+    return float(summary["accuracy"] or 0.0), math.nan if ci is None else float(ci)
 
 
 def _number(value: Any) -> float | None:

@@ -6,6 +6,7 @@ The tables are :func:`~metatl.training.evaluation.format_table` and
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -103,7 +104,7 @@ def _summary(results: Mapping[str, Any]) -> str:
         lines.append(trained)
     best = results.get("best_val") or {}
     if "accuracy" in best:
-        line = f"best validation: {_percent(best['accuracy'], best.get('ci95', 0.0))}%"
+        line = f"best validation: {_percent(*mean_ci(best))}%"
         lines.append(line + (f" at step {best['step']}" if "step" in best else ""))
     if results.get("checkpoint_step") is not None:
         lines.append(f"checkpoint of step {results['checkpoint_step']}")
@@ -123,15 +124,22 @@ def _summary(results: Mapping[str, Any]) -> str:
 
 
 def _test_table(test: TestSummary, table: Mapping[str, Mapping[str, EvalResult]] | None) -> str:
-    from metatl.training.evaluation import EvalResult, format_table
+    from metatl.training.evaluation import EvalResult, few_episodes_note, format_table
 
-    if table is None:
-        # format_table reads only mean and ci95, which the summaries keep.
-        table = {
-            setting: {method: EvalResult((), *mean_ci(summary)) for method, summary in rows.items()}
-            for setting, rows in test.items()
-        }
-    return format_table(table) if any(table.values()) else ""
+    if table is not None:
+        return format_table(table) if any(table.values()) else ""
+    # format_table reads only mean and ci95, which the summaries keep; the note on few
+    # episodes, which it makes from the per-episode accuracies, comes from their counts.
+    rows = {
+        setting: {method: EvalResult((), *mean_ci(summary)) for method, summary in rows.items()}
+        for setting, rows in test.items()
+    }
+    if not any(rows.values()):
+        return ""
+    note = few_episodes_note(
+        int(s.get("episodes") or 0) for results in test.values() for s in results.values()
+    )
+    return format_table(rows) + (f"\n\n{note}" if note else "")
 
 
 def _image(path: str | Path, relative_to: str | Path | None) -> str:
@@ -140,7 +148,7 @@ def _image(path: str | Path, relative_to: str | Path | None) -> str:
 
 
 def _percent(mean: float, ci: float) -> str:
-    return f"{100 * mean:.2f} ± {100 * ci:.2f}"
+    return f"{100 * mean:.2f} ± {'n/a' if math.isnan(ci) else f'{100 * ci:.2f}'}"
 
 
 def _duration(seconds: float) -> str:

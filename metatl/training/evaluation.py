@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,9 +34,10 @@ from episodes import EpisodeDataset, EpisodeSpec, LabelledImages
 from metatl.algorithms import MAML, FineTune, Learner, LinearProbe, ProtoNet
 from metatl.backbones import create_backbone
 from metatl.config import RunConfig
-from metatl.functional import accuracy, mean_confidence_interval
+from metatl.functional import MIN_EPISODES_FOR_CI, accuracy, mean_confidence_interval
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, resolve_device
+from metatl.training.preemption import StopRequest
 
 __all__ = [
     "EvalResult",
@@ -46,6 +48,7 @@ __all__ = [
     "evaluate",
     "evaluate_learners",
     "evaluate_methods",
+    "few_episodes_note",
     "format_paired_table",
     "format_table",
     "list_methods",
@@ -61,7 +64,8 @@ class EvalResult:
     Attributes:
         accuracies: Per-episode query accuracy, in episode order (for paired tests).
         mean: Mean accuracy over episodes.
-        ci95: Half-width of the 95% confidence interval of the mean.
+        ci95: Half-width of the 95% confidence interval of the mean; NaN (undefined)
+            for a single episode.
         episode_set: Identifies the episodes (data, shape, seed, count) when :func:`evaluate`
             made the result; :func:`paired_difference` refuses to pair different sets.
     """
@@ -76,8 +80,11 @@ class EvalResult:
         mean, ci = mean_confidence_interval(list(values))
         return cls(tuple(values), mean, ci, episode_set)
 
-    def summary(self) -> dict[str, float]:
-        return {"accuracy": self.mean, "ci95": self.ci95, "episodes": len(self.accuracies)}
+    def summary(self) -> dict[str, float | int | None]:
+        """``{"accuracy", "ci95", "episodes"}`` for ``results.json``; ``ci95`` is ``None`` when
+        undefined (one episode), so that the JSON holds ``null``, never a bare ``NaN``."""
+        ci = None if math.isnan(self.ci95) else self.ci95
+        return {"accuracy": self.mean, "ci95": ci, "episodes": len(self.accuracies)}
 
 
 def evaluate(
@@ -90,6 +97,7 @@ def evaluate(
     workers: int = 0,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    stop: StopRequest | None = None,
 ) -> dict[str, EvalResult]:
     """Score each learner on the same ``num_episodes`` episodes drawn with ``seed``.
 
@@ -105,9 +113,13 @@ def evaluate(
         workers: DataLoader workers.
         device: Where the learners run.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (as in training).
+        stop: Polled before every episode; when set, :class:`Interrupted` is raised.
 
     Returns:
         Method name -> :class:`EvalResult`.
+
+    Raises:
+        Interrupted: ``stop`` fired (SIGTERM/SIGINT); nothing is returned.
     """
     dataset = EpisodeDataset.from_spec(data, spec, seed, num_episodes)
     loader = DataLoader(dataset, batch_size=None, num_workers=workers)
@@ -124,6 +136,8 @@ def evaluate(
         dynamic_ncols=True,
     )
     for raw in bar:
+        if stop is not None:
+            stop.check()
         for name, learner in learners.items():
             fn = transforms[name]
             episode = (raw.map_images(fn) if fn is not None else raw).to(device)
@@ -140,7 +154,8 @@ def paired_difference(a: EvalResult, b: EvalResult) -> tuple[float, float]:
     """Mean and 95% half-width of the per-episode accuracy differences ``a - b``.
 
     The paired interval: ``1.96 * std(d) / sqrt(n)`` over ``d_i = a_i - b_i``, far narrower
-    than the two separate intervals when both methods find the same episodes hard.
+    than the two separate intervals when both methods find the same episodes hard. The
+    half-width is NaN (undefined) for a single episode.
 
     Raises:
         ValueError: If the results are not on the same episode set.
@@ -158,7 +173,11 @@ def paired_difference(a: EvalResult, b: EvalResult) -> tuple[float, float]:
 
 
 def format_table(rows: Mapping[str, Mapping[str, EvalResult]]) -> str:
-    """A Markdown table: one row per setting, one column per method, ``mean ± ci`` in %."""
+    """A Markdown table: one row per setting, one column per method, ``mean ± ci`` in %.
+
+    An undefined interval (one episode) shows as ``n/a``. Below ``MIN_EPISODES_FOR_CI``
+    episodes, the :func:`few_episodes_note` follows the table after a blank line.
+    """
     methods = list(dict.fromkeys(m for r in rows.values() for m in r))
     lines = [
         "| setting | " + " | ".join(methods) + " |",
@@ -166,11 +185,41 @@ def format_table(rows: Mapping[str, Mapping[str, EvalResult]]) -> str:
     ]
     for setting, results in rows.items():
         cells = [
-            f"{100 * results[m].mean:.2f} ± {100 * results[m].ci95:.2f}" if m in results else "-"
-            for m in methods
+            _mean_ci(results[m].mean, results[m].ci95) if m in results else "-" for m in methods
         ]
         lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    note = few_episodes_note(len(r.accuracies) for rs in rows.values() for r in rs.values())
+    return "\n".join(lines) + (f"\n\n{note}" if note else "")
+
+
+def few_episodes_note(episode_counts: Iterable[int]) -> str:
+    """The footnote for results on fewer than ``MIN_EPISODES_FOR_CI`` episodes, or ``""``.
+
+    Args:
+        episode_counts: Episodes behind each result; 0 (unknown) is ignored.
+
+    Returns:
+        One line (no trailing newline) naming the counts; it also explains ``n/a`` when a
+        result rests on a single episode. :func:`format_table` puts it under the table,
+        and ``python -m metatl.evaluate`` logs it once as a warning.
+    """
+    few = sorted({n for n in episode_counts if 0 < n < MIN_EPISODES_FOR_CI})
+    if not few:
+        return ""
+    counts = "/".join(map(str, few))
+    note = (
+        f"Note: {counts} episode{'' if few == [1] else 's'} per setting; below "
+        f"{MIN_EPISODES_FOR_CI} the normal approximation behind the 95% intervals is doubtful"
+    )
+    if few[0] == 1:
+        note += " (n/a: one episode gives no interval)"
+    return note + "."
+
+
+def _mean_ci(mean: float, ci: float, sign: str = "") -> str:
+    """``mean ± ci`` in %, with ``n/a`` for an undefined interval."""
+    half = "n/a" if math.isnan(ci) else f"{100 * ci:.2f}"
+    return f"{100 * mean:{sign}.2f} ± {half}"
 
 
 def format_paired_table(
@@ -201,8 +250,7 @@ def format_paired_table(
         cells = []
         for results in rows.values():
             if a in results and b in results:
-                mean, ci = paired_difference(results[a], results[b])
-                cells.append(f"{100 * mean:+.2f} ± {100 * ci:.2f}")
+                cells.append(_mean_ci(*paired_difference(results[a], results[b]), sign="+"))
             else:
                 cells.append("-")
         lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
@@ -275,6 +323,7 @@ def evaluate_methods(
     data: LabelledImages,
     config: RunConfig,
     shots: Sequence[int] | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, dict[str, EvalResult]]:
     """Score the named methods on the fixed test episode sets of ``config.test``.
 
@@ -284,7 +333,7 @@ def evaluate_methods(
     Returns:
         Setting (e.g. ``"5-way 1-shot"``) -> method -> result.
     """
-    return evaluate_learners(build_methods(names, learner, config), data, config, shots)
+    return evaluate_learners(build_methods(names, learner, config), data, config, shots, stop)
 
 
 def evaluate_learners(
@@ -292,9 +341,14 @@ def evaluate_learners(
     data: LabelledImages,
     config: RunConfig,
     shots: Sequence[int] | None = None,
+    stop: StopRequest | None = None,
 ) -> dict[str, dict[str, EvalResult]]:
     """As :func:`evaluate_methods`, for learners built already (e.g. from several
-    checkpoints, to compare them on the same episodes)."""
+    checkpoints, to compare them on the same episodes).
+
+    Raises:
+        Interrupted: ``stop`` fired; see :func:`evaluate`.
+    """
     tcfg = config.test
     device = resolve_device(config.device)
     learners = {n: m.to(device) for n, m in learners.items()}
@@ -311,6 +365,7 @@ def evaluate_learners(
             workers=config.data.workers,
             device=device,
             precision=config.precision,
+            stop=stop,
         )
     return table
 
