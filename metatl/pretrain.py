@@ -28,13 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         check_resume(args, overrides)
         if args.resume:
-            result = run_pretraining(load_config(), resume_dir=args.resume)
+            result = run_pretraining(
+                load_config(), resume_dir=args.resume, data_root=args.data_root
+            )
         else:
-            result = run_pretraining(load_config(args.config, overrides))
+            config = load_config(args.config, overrides, interpolate=args.interpolate)
+            result = run_pretraining(config, data_root=args.data_root)
         best = result.best_val
+        ci = "n/a" if best["ci95"] is None else f"{100 * best['ci95']:.2f}"
         print(
-            f"\nBest validation accuracy {100 * best['accuracy']:.2f} ± "
-            f"{100 * best['ci95']:.2f} after epoch {best['epoch']}; the backbone: "
+            f"\nBest validation accuracy {100 * best['accuracy']:.2f} ± {ci} after epoch "
+            f"{best['epoch']}; the backbone: "
             f"model.pretrained={result.run_dir / 'best.pt'}"
         )
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")

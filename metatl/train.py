@@ -26,10 +26,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         check_resume(args, overrides)
         if args.resume:
-            result = run_experiment(RunConfig(), resume_dir=args.resume)
+            result = run_experiment(RunConfig(), resume_dir=args.resume, data_root=args.data_root)
         else:
             # Under `wandb.agent(function=...)` the sweep's parameters win over everything.
-            result = run_experiment(load_config(args.config, [*overrides, *sweep_overrides()]))
+            config = load_config(
+                args.config, [*overrides, *sweep_overrides()], interpolate=args.interpolate
+            )
+            result = run_experiment(config, data_root=args.data_root)
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())
         return 0

@@ -232,7 +232,7 @@ def test_resume_refuses_corrupt_missing_and_finished(
     (run / "last.pt").write_bytes(intact[: len(intact) // 2])  # a truncated copy
     assert pretrain_cli.main(["--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint") and "cannot be read (truncated or corrupt?)" in err
+    assert err.startswith("error: checkpoint") and "is truncated or corrupt" in err
     assert len(err.strip().splitlines()) == 1
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         run_pretraining(load_config(), resume_dir=run)
@@ -293,7 +293,7 @@ def test_bad_settings_fail_before_the_run_directory(
     folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for override, message in [
-        ("pretrain.lr=0", "error: pretrain.lr must be > 0, got 0.0"),
+        ("pretrain.lr=0", "error: pretrain.lr must be a finite number in (0, 10], got 0.0"),
         ("pretrain.augment=rotate", "error: pretrain.augment='rotate' is not allowed"),
         ("test.methods=[knn]", "error: unknown evaluation method 'knn'"),
     ]:

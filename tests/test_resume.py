@@ -156,7 +156,7 @@ def test_resume_refuses_corrupt_missing_and_finished(
     (run / "last.pt").write_bytes(intact[: len(intact) // 2])  # a truncated copy
     assert train_cli.main(["--resume", str(run)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: checkpoint") and "cannot be read (truncated or corrupt?)" in err
+    assert err.startswith("error: checkpoint") and "is truncated or corrupt" in err
     assert len(err.strip().splitlines()) == 1
     assert (run / "last.pt").read_bytes() == intact[: len(intact) // 2]  # left as it was
 

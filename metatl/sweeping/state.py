@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metatl.atomic_io import write_text_atomic
-from metatl.training.meta_train import new_directory
+from metatl.training.run_dir import new_directory
 
 if TYPE_CHECKING:
     from metatl.sweeping.spec import SweepSpec

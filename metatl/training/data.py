@@ -8,10 +8,34 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from episodes import LabelledImages
+from episodes.datasets import DatasetFormatError, colour_images
 from metatl.backbones import InputSpec
 from metatl.config import ConfigError, DataConfig
 
-__all__ = ["ImageTransform", "load_split"]
+__all__ = ["ImageTransform", "load_split", "load_splits"]
+
+SPLITS = ("train", "val", "test")
+
+
+def load_splits(config: DataConfig) -> dict[str, LabelledImages]:
+    """The ``train``, ``val`` and ``test`` splits of a run, checked to agree on their image
+    shape (a colour image in one split only would otherwise fail after training).
+
+    Raises:
+        FileNotFoundError: The data is not where ``data.root`` says (the message says where
+            it looked and how to point a run elsewhere).
+        DatasetFormatError: The splits' images differ in channels or size.
+    """
+    splits = {name: load_split(config, getattr(config, f"{name}_split")) for name in SPLITS}
+    expected = splits["train"].image_shape
+    for name, data in splits.items():
+        if data.image_shape != expected:
+            raise DatasetFormatError(
+                f"the {name} split ({data.name}) holds images of shape {data.image_shape} "
+                f"(channels, height, width) but the train split {expected}"
+                f"{_colour_hint(config, name, data, expected)}"
+            )
+    return splits
 
 
 def load_split(config: DataConfig, split: str) -> LabelledImages:
@@ -20,7 +44,22 @@ def load_split(config: DataConfig, split: str) -> LabelledImages:
     Args:
         config: The data section of the run config.
         split: A split name as the dataset knows it (``train``, ``val``, ``test``).
+
+    Raises:
+        FileNotFoundError: The data is not there; the message says where it looked and how
+            to point a run elsewhere.
     """
+    try:
+        return _read_split(config, split)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(
+            f"{err}; if the data is elsewhere, point the run at it with --data-root DIR (or "
+            "data.root=DIR); a relative path is read from the working directory, so the "
+            "presets' data/glyphs needs the repository root"
+        ) from None
+
+
+def _read_split(config: DataConfig, split: str) -> LabelledImages:
     root = Path(config.root)
     size = config.image_size
     if config.dataset == "glyphs":
@@ -38,6 +77,23 @@ def load_split(config: DataConfig, split: str) -> LabelledImages:
     if config.dataset == "omniglot":
         return _omniglot_split(root, split, size)
     raise ConfigError(f"data.dataset={config.dataset!r} has no loader")
+
+
+def _colour_hint(
+    config: DataConfig, name: str, data: LabelledImages, expected: tuple[int, ...]
+) -> str:
+    """Which files make an image folder's split colour when another split is grey."""
+    if config.dataset != "image_folder" or data.image_shape[0] == expected[0]:
+        return ""
+    colour_split = name if data.image_shape[0] == 3 else "train"
+    folder = Path(config.root) / getattr(config, f"{colour_split}_split")
+    files = colour_images(folder, limit=3)
+    if not files:
+        return ""
+    return (
+        f"; the {colour_split} split is colour because of {', '.join(map(str, files))}: make "
+        "every image greyscale, or every split colour"
+    )
 
 
 def _omniglot_split(root: Path, split: str, size: int) -> LabelledImages:

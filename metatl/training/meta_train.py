@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from episodes import EpisodeDataset, EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import Learner
 from metatl.atomic_io import write_text_atomic
-from metatl.config import RunConfig, config_from_dict, config_to_dict
+from metatl.config import RunConfig, config_to_dict
 from metatl.reports import write_run_report
-from metatl.tracking import Tracker, create_tracker
+from metatl.tracking import Tracker
 from metatl.training.builders import build_learner
-from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from metatl.training.data import ImageTransform, load_split
+from metatl.training.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
 from metatl.training.evaluation import (
     EvalResult,
@@ -35,8 +38,14 @@ from metatl.training.evaluation import (
     evaluate_methods,
     format_table,
 )
-from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
+from metatl.training.lifecycle import check_run, open_run
+from metatl.training.preemption import Interrupted, Preempted, StopRequest
+from metatl.training.progress import Progress
 from metatl.training.rng import capture_rng_state, restore_rng_state
+from metatl.training.run_dir import (
+    data_fingerprint,
+    read_last_checkpoint,
+)
 
 __all__ = ["NonFiniteLossError", "RunResult", "meta_train", "run_experiment"]
 
@@ -78,6 +87,7 @@ def meta_train(
     *,
     resume: Mapping[str, Any] | None = None,
     stop: StopRequest | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Meta-train ``learner`` on episodes of ``train_data``; keep the best on validation.
 
@@ -91,8 +101,11 @@ def meta_train(
     Args:
         resume: A ``last.pt`` payload to continue from; the result is bit-identical (on
             CPU) to a run that was never interrupted.
-        stop: Polled after every step; when set, ``last.pt`` is written and
-            :class:`Preempted` raised.
+        stop: Polled after every step and every validation episode; when set, ``last.pt``
+            is written and :class:`Preempted` raised (a validation cut short is redone
+            first on resume).
+        fingerprint: What identifies the data (see :func:`data_fingerprint`), stored in
+            ``last.pt`` so that a resumed run can check it reads the same data.
 
     Returns:
         ``{"accuracy", "ci95", "step"}`` of the best validation.
@@ -140,7 +153,7 @@ def meta_train(
     )
     val_spec = EpisodeSpec(tcfg.val_way, tcfg.val_shot, tcfg.val_query)
 
-    def save_last(step: int) -> Path:
+    def save_last(step: int, rng: dict | None = None, val_pending: bool = False) -> Path:
         return save_checkpoint(
             run_dir / "last.pt",
             {
@@ -150,29 +163,62 @@ def meta_train(
                 "scaler": scaler.state_dict(),
                 "step": step,
                 "val": best,
-                "rng": capture_rng_state(),
+                "rng": rng or capture_rng_state(),
                 "config": config_to_dict(config),
+                "data": dict(fingerprint or {}),
+                # Stopped during this step's validation: resume redoes it first.
+                "val_pending": val_pending,
                 # Wall time of all training so far, so a resumed run reports the whole.
                 "train_time_s": trained_before + time.perf_counter() - started,
             },
         )
 
+    def validate(step: int) -> None:
+        """Score the fixed validation episodes; keep ``best.pt``. A stop request during it
+        writes ``last.pt`` as of before it, marked pending, and raises Preempted."""
+        nonlocal best
+        rng = capture_rng_state()
+        try:
+            result = evaluate(
+                {"model": learner},
+                val_data,
+                val_spec,
+                tcfg.val_episodes,
+                tcfg.val_seed,
+                transform,
+                device=device,
+                precision=config.precision,
+                stop=stop,
+            )["model"]
+        except Interrupted as err:
+            save_last(step, rng=rng, val_pending=True)
+            raise Preempted(err.signal_name, step, run_dir / "last.pt", hint) from None
+        if result.mean > best["accuracy"]:
+            best = {"accuracy": result.mean, "ci95": result.summary()["ci95"], "step": step}
+            _save(run_dir / "best.pt", learner, config, step, best)
+        tracker.log(
+            {
+                "val/accuracy": result.mean,
+                "val/ci95": result.ci95,
+                "val/best_accuracy": best["accuracy"],
+            },
+            step,
+        )
+        logger.info("step %d: validation accuracy %.4f ± %.4f", step, result.mean, result.ci95)
+
+    hint = f"python -m metatl.train --resume {run_dir}"
     trained_before = float(resume.get("train_time_s", 0.0)) if resume is not None else 0.0
     started = time.perf_counter()
     if resume is not None:
         restore_rng_state(resume["rng"])  # last: building the learner above drew numbers
+        if resume.get("val_pending"):
+            validate(done)
+            save_last(done)
     window: list[dict[str, float]] = []
     window_start = time.perf_counter()
     episodes = iter(loader)
-    bar = tqdm(
-        range(done + 1, tcfg.steps + 1),
-        desc="meta-train",
-        unit="step",
-        dynamic_ncols=True,
-        initial=done,
-        total=tcfg.steps,
-    )
-    for step in bar:
+    bar = Progress("meta-train", tcfg.steps, done)
+    for step in range(done + 1, tcfg.steps + 1):
         learner.train()
         optimizer.zero_grad(set_to_none=True)
         # A meta-batch: the mean loss over several episodes, one episode's graph at a time.
@@ -205,139 +251,138 @@ def meta_train(
                 "train/episodes_per_s": len(window) * meta_batch / elapsed,
             }
             tracker.log(logged, step)
-            bar.set_postfix(
-                loss=f"{logged['train/loss']:.3f}", acc=f"{logged['train/accuracy']:.3f}"
-            )
+            bar.show(step, logged)
             window, window_start = [], time.perf_counter()
+        bar.update()
         validated = step % tcfg.val_every == 0 or step == tcfg.steps
         if validated:
-            result = evaluate(
-                {"model": learner},
-                val_data,
-                val_spec,
-                tcfg.val_episodes,
-                tcfg.val_seed,
-                transform,
-                device=device,
-                precision=config.precision,
-            )["model"]
-            if result.mean > best["accuracy"]:
-                best = {"accuracy": result.mean, "ci95": result.ci95, "step": step}
-                _save(run_dir / "best.pt", learner, config, step, best)
-            tracker.log(
-                {
-                    "val/accuracy": result.mean,
-                    "val/ci95": result.ci95,
-                    "val/best_accuracy": best["accuracy"],
-                },
-                step,
-            )
-            logger.info("step %d: validation accuracy %.4f ± %.4f", step, result.mean, result.ci95)
+            validate(step)
             window_start = time.perf_counter()  # validation time is not step time
         periodic = tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0
         if validated or periodic or step == tcfg.steps or stop:
             save_last(step)
             done = step
         if stop and step < tcfg.steps:
-            raise Preempted(
-                stop.signal_name or "a stop request",
-                step,
-                run_dir / "last.pt",
-                f"python -m metatl.train --resume {run_dir}",
-            )
+            raise Preempted(stop.signal_name or "a stop request", step, run_dir / "last.pt", hint)
     bar.close()
     return best
 
 
-def run_experiment(config: RunConfig, *, resume_dir: str | Path | None = None) -> RunResult:
+def run_experiment(
+    config: RunConfig,
+    *,
+    resume_dir: str | Path | None = None,
+    data_root: str | None = None,
+) -> RunResult:
     """Meta-train, then test the best checkpoint; everything lands in a new run directory.
 
-    Data, episode shapes, the learner and the test methods are all checked before the run
-    directory is created, so a bad config fails at once and leaves nothing behind.
+    Data, episode shapes, the learner, the test methods and ``out_dir`` are all checked
+    before the run directory is created, so a bad config fails at once and leaves nothing
+    behind. The run directory is locked while this runs (see :func:`lock_run_dir`).
 
     Args:
         config: The run's config (ignored when resuming: the run's own is used).
         resume_dir: A run directory to continue from its ``last.pt``, in place.
+        data_root: Where the data is now, if not at ``data.root`` (e.g. it moved since the
+            run started); it must be the same data.
 
     Raises:
-        CheckpointError: ``resume_dir`` has no readable ``last.pt``.
+        CheckpointError: ``resume_dir`` has no readable ``last.pt``, or other data.
+        RunInUseError: Another process is writing to ``resume_dir``.
         Preempted: SIGTERM/SIGINT arrived; ``last.pt`` is up to date.
     """
-    resume = None
-    if resume_dir is not None:
-        resume, config = _resume_point(Path(resume_dir))
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    splits = {
-        name: load_split(config.data, getattr(config.data, f"{name}_split"))
-        for name in ("train", "val", "test")
-    }
-    for name, spec in episode_specs(config):
-        data = splits[name]
-        EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
-    channels, size, _ = splits["train"].image_shape
-    learner = build_learner(config, channels, size, n_way=config.episodes.way)
-    # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
-    learner = learner.to(device, memory_format=torch.channels_last)
-    methods = default_methods(config)
-    build_methods(methods, learner, config)
-
-    run_dir = Path(resume_dir) if resume_dir is not None else new_run_dir(config)
-    try:
-        tracker = create_tracker(config, run_dir, resume=resume is not None)
-    except BaseException:
-        if resume is None:  # W&B refused to start: leave no empty run directory behind
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    try:
-        with stop_on_signals() as stop:
-            if resume is None:
-                (run_dir / "config.yaml").write_text(
-                    yaml.safe_dump(config_to_dict(config), sort_keys=False)
-                )
-                tracker.log_config(config_to_dict(config))
-            else:
-                tracker.log({"resumed_from_step": resume["step"]}, resume["step"])
-            logger.info(
-                "run directory %s; %d train classes, %d validation classes; %s, %s",
+    with contextlib.ExitStack() as hold:
+        start = check_run(
+            hold, config, resume_dir=resume_dir, data_root=data_root, read_resume=_resume_point
+        )
+        config, splits, device, resume = start.config, start.splits, start.device, start.resume
+        for name, spec in episode_specs(config):
+            data = splits[name]
+            EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
+        channels, size, _ = splits["train"].image_shape
+        learner = build_learner(config, channels, size, n_way=config.episodes.way)
+        # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
+        learner = learner.to(device, memory_format=torch.channels_last)
+        methods = default_methods(config)
+        build_methods(methods, learner, config)
+        run_dir, tracker, stop = open_run(hold, start)
+        logger.info(
+            "run directory %s; %d train classes, %d validation classes; %s, %s",
+            run_dir,
+            splits["train"].num_classes,
+            splits["val"].num_classes,
+            device,
+            config.precision,
+        )
+        started = time.perf_counter()
+        if config.train.steps:
+            best_val = meta_train(
+                learner,
+                splits["train"],
+                splits["val"],
+                config,
                 run_dir,
-                splits["train"].num_classes,
-                splits["val"].num_classes,
-                device,
-                config.precision,
+                tracker,
+                resume=resume,
+                stop=stop,
+                fingerprint=data_fingerprint(splits),
             )
-            started = time.perf_counter()
-            if config.train.steps:
-                best_val = meta_train(
-                    learner,
-                    splits["train"],
-                    splits["val"],
-                    config,
-                    run_dir,
-                    tracker,
-                    resume=resume,
-                    stop=stop,
-                )
-            else:  # a learner that only adapts per episode (linear probe, fine-tune): as is
-                best_val = {}
-                _save(run_dir / "best.pt", learner, config, 0, best_val)
-            train_time = time.perf_counter() - started
-            if resume is not None:
-                train_time += float(resume.get("train_time_s", 0.0))
-            if stop:  # between training and the test: last.pt already holds the final step
-                raise Preempted(
-                    stop.signal_name or "a stop request",
-                    config.train.steps,
-                    run_dir / "last.pt",
-                    f"python -m metatl.train --resume {run_dir}",
-                )
-            learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-            test = evaluate_methods(methods, learner, splits["test"], config)
+        else:  # a learner that only adapts per episode (linear probe, fine-tune): as is
+            best_val = {}
+            _save(run_dir / "best.pt", learner, config, 0, best_val)
+        train_time = time.perf_counter() - started
+        if resume is not None:
+            train_time += float(resume.get("train_time_s", 0.0))
+        hint = f"python -m metatl.train --resume {run_dir}"
+        if stop:  # between training and the test: last.pt already holds the final step
+            raise Preempted(
+                stop.signal_name or "a stop request", config.train.steps, run_dir / "last.pt", hint
+            )
+        learner.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        test = run_test(
+            methods,
+            learner,
+            splits["test"],
+            config,
+            stop=stop,
+            run_dir=run_dir,
+            step=config.train.steps,
+            resume_hint=hint,
+        )
         result = RunResult(run_dir, best_val, test)
         finish_run(result, config, tracker, config.train.steps, {"train_time_s": train_time})
         return result
-    finally:
-        tracker.close()
+
+
+def run_test(
+    methods: list[str],
+    learner: Learner,
+    test_data: LabelledImages,
+    config: RunConfig,
+    *,
+    stop: StopRequest | None,
+    run_dir: Path,
+    step: int,
+    resume_hint: str,
+) -> dict[str, dict[str, EvalResult]]:
+    """The final test of a run whose training is done; a stop request cuts it short.
+
+    Raises:
+        Preempted: ``stop`` fired during the test. When the run has a ``last.pt`` (it
+            trained), ``--resume`` redoes only the test; a run without training is
+            simply started again.
+    """
+    try:
+        return evaluate_methods(methods, learner, test_data, config, stop=stop)
+    except Interrupted as err:
+        last = run_dir / "last.pt"
+        if last.is_file():
+            raise Preempted(err.signal_name, step, last, resume_hint) from None
+        raise Interrupted(
+            err.signal_name,
+            f"stopped by {err.signal_name} during the test; run {run_dir} did no training, "
+            "so start it again rather than resume it",
+        ) from None
 
 
 def finish_run(
@@ -382,23 +427,7 @@ def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
             f"{run_dir / 'last.pt'} cannot resume a run: it lacks {', '.join(missing)} "
             "(written by an older metatl?)"
         )
-    return checkpoint, config_from_dict(checkpoint["config"])
-
-
-def read_last_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/last.pt`` of an unfinished run, what every ``--resume`` starts from.
-
-    Raises:
-        CheckpointError: No such directory, an unreadable ``last.pt``, or a finished run.
-    """
-    if not run_dir.is_dir():
-        raise CheckpointError(f"--resume {run_dir}: no such run directory")
-    checkpoint = load_checkpoint(run_dir / "last.pt")
-    if (run_dir / "results.json").exists():
-        raise CheckpointError(
-            f"run {run_dir} has finished (results.json exists); nothing to resume"
-        )
-    return checkpoint
+    return checkpoint, checkpoint_config(checkpoint, run_dir / "last.pt")
 
 
 def episode_specs(config: RunConfig) -> list[tuple[str, EpisodeSpec]]:
@@ -411,29 +440,6 @@ def episode_specs(config: RunConfig) -> list[tuple[str, EpisodeSpec]]:
             ("val", EpisodeSpec(v.val_way, v.val_shot, v.val_query)),
         ]
     return specs + [("test", EpisodeSpec(t.way, shot, t.query)) for shot in t.shots]
-
-
-def new_run_dir(config: RunConfig) -> Path:
-    """A fresh directory under ``out_dir``; never reuses (and so never overwrites) one."""
-    name = config.name or time.strftime(
-        f"{config.model.algorithm}-{config.model.backbone}-{config.data.dataset}-%Y%m%d-%H%M%S"
-    )
-    return new_directory(Path(config.out_dir) / name)
-
-
-def new_directory(base: Path) -> Path:
-    """Create ``base``, or ``base-2``, ``base-3``, ... if it exists; never reuses one.
-
-    ``mkdir`` itself is the test, so two processes starting at once get different ones.
-    """
-    candidate, n = base, 1
-    while True:
-        try:
-            candidate.mkdir(parents=True)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
 
 
 def write_results(

@@ -16,10 +16,10 @@ validation, RNG states) continues a run exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,30 +27,39 @@ from typing import Any, NoReturn
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-import yaml
 from torch import nn
-from tqdm.auto import tqdm
 
 from episodes import EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import ProtoNet
-from metatl.backbones import Backbone, WeightsError, create_backbone
-from metatl.config import ConfigError, RunConfig, config_from_dict, config_to_dict
-from metatl.tracking import Tracker, create_tracker
+from metatl.backbones import Backbone
+from metatl.config import ConfigError, RunConfig, config_to_dict
+from metatl.tracking import Tracker
 from metatl.training.augment import BatchAugment, derived_generator
-from metatl.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from metatl.training.data import ImageTransform, load_split
+from metatl.training.builders import build_backbone
+from metatl.training.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    load_checkpoint,
+    save_checkpoint,
+)
+from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
-from metatl.training.evaluation import EvalResult, build_methods, evaluate, evaluate_methods
+from metatl.training.evaluation import EvalResult, build_methods, evaluate
+from metatl.training.lifecycle import check_run, open_run
 from metatl.training.meta_train import (
     NonFiniteLossError,
     RunResult,
     episode_specs,
     finish_run,
-    new_run_dir,
+    run_test,
+)
+from metatl.training.preemption import Interrupted, Preempted, StopRequest
+from metatl.training.progress import Progress
+from metatl.training.rng import capture_rng_state, restore_rng_state
+from metatl.training.run_dir import (
+    data_fingerprint,
     read_last_checkpoint,
 )
-from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
-from metatl.training.rng import capture_rng_state, restore_rng_state
 
 __all__ = [
     "RESUME_KEYS",
@@ -58,7 +67,6 @@ __all__ = [
     "SupervisedModel",
     "build_model",
     "cosine_lr",
-    "make_tracker",
     "run_pretraining",
 ]
 
@@ -111,25 +119,12 @@ def build_model(
             overwrites every weight anyway).
 
     Raises:
-        ConfigError: Unknown backbone, or ``model.pretrained`` cannot be loaded.
+        ConfigError: Unknown backbone, one that does not take the data's image size, or
+            ``model.pretrained`` cannot be loaded.
     """
-    model = config.model
     channels, size, _ = train_data.image_shape
-    try:
-        backbone = create_backbone(
-            model.backbone,
-            pretrained=(model.pretrained or None) if load_pretrained else None,
-            in_channels=channels,
-            image_size=model.input_size or size,
-        )
-    except WeightsError as err:
-        raise ConfigError(f"model.pretrained={model.pretrained!r}: {err}") from None
+    backbone = build_backbone(config, channels, size, load_weights=load_pretrained)
     return SupervisedModel(backbone, train_data.num_classes)
-
-
-def make_tracker(config: RunConfig, run_dir: Path, *, resume: bool = False) -> Tracker:
-    """The tracker of a pretraining run (the one place it is built)."""
-    return create_tracker(config, run_dir, resume=resume)
 
 
 @dataclass
@@ -143,6 +138,8 @@ class _Progress:
         default_factory=lambda: {"accuracy": -1.0, "ci95": 0.0, "step": 0, "epoch": 0}
     )
     train_time_s: float = 0.0
+    # Stopped during the validation after epoch ``epoch``: resume redoes it first.
+    val_pending: bool = False
 
 
 class _Window:
@@ -188,6 +185,7 @@ class Pretrainer:
         val_data: The split validation episodes are drawn from.
         run_dir: Where ``best.pt`` and ``last.pt`` are written.
         tracker: Receives ``train/*`` and ``val/*`` metrics at optimiser steps.
+        fingerprint: What identifies the data (stored in ``last.pt``, checked on resume).
 
     Raises:
         ConfigError: Bad ``pretrain`` settings; a device this machine does not have.
@@ -201,8 +199,10 @@ class Pretrainer:
         val_data: LabelledImages,
         run_dir: Path,
         tracker: Tracker,
+        fingerprint: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.train_data, self.val_data = config, train_data, val_data
+        self.fingerprint = fingerprint or {}
         self.run_dir, self.tracker = Path(run_dir), tracker
         self.device = resolve_device(config.device)
         # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
@@ -226,8 +226,9 @@ class Pretrainer:
 
     # ---- checkpoints ---------------------------------------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        """The ``last.pt`` payload: everything :meth:`load_state_dict` needs."""
+    def state_dict(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``last.pt`` payload: everything :meth:`load_state_dict` needs (``rng``: the
+        RNG states to store, default the current ones)."""
         pr = self.progress
         return {
             "kind": "pretrain",
@@ -241,7 +242,9 @@ class Pretrainer:
             "val": dict(pr.best),
             "train_time_s": pr.train_time_s,
             "train_images": len(self.train_data),
-            "rng": capture_rng_state(),
+            "rng": rng or capture_rng_state(),
+            "data": self.fingerprint,
+            "val_pending": pr.val_pending,
         }
 
     def load_state_dict(self, payload: dict[str, Any], source: str = "last.pt") -> None:
@@ -275,12 +278,13 @@ class Pretrainer:
             step=int(payload["step"]),
             best=dict(payload["val"]),
             train_time_s=float(payload.get("train_time_s", 0.0)),
+            val_pending=bool(payload.get("val_pending", False)),
         )
         self._last_saved_step = self.progress.step
         restore_rng_state(payload["rng"])
 
-    def save_last(self) -> Path:
-        path = save_checkpoint(self.run_dir / "last.pt", self.state_dict())
+    def save_last(self, rng: dict[str, Any] | None = None) -> Path:
+        path = save_checkpoint(self.run_dir / "last.pt", self.state_dict(rng))
         self._last_saved_step = self.progress.step
         return path
 
@@ -350,8 +354,12 @@ class Pretrainer:
         accuracy = float((logits.detach().argmax(1) == labels).float().mean())
         return {"loss": value, "accuracy": accuracy, "lr": lr}
 
-    def validate(self) -> EvalResult:
-        """Nearest class mean on the backbone's features over the ``train.val_*`` episodes."""
+    def validate(self, stop: StopRequest | None = None) -> EvalResult:
+        """Nearest class mean on the backbone's features over the ``train.val_*`` episodes.
+
+        Raises:
+            Interrupted: ``stop`` fired during it.
+        """
         t = self.config.train
         return evaluate(
             {"protonet": ProtoNet(self.model.backbone)},
@@ -363,6 +371,7 @@ class Pretrainer:
             workers=self.config.data.workers,
             device=self.device,
             precision=self.config.precision,
+            stop=stop,
         )["protonet"]
 
     def fit(self, stop: StopRequest | None = None) -> dict[str, float]:
@@ -384,14 +393,7 @@ class Pretrainer:
             Preempted: ``stop`` fired; ``last.pt`` is up to date.
         """
         pr, epochs = self.progress, self.config.pretrain.epochs
-        bar = tqdm(
-            total=self.total_steps,
-            initial=pr.step,
-            desc="pretrain",
-            unit="step",
-            disable=None,
-            dynamic_ncols=True,
-        )
+        bar = Progress("pretrain", self.total_steps, pr.step)
         started = time.perf_counter()
         window = _Window(self.batch_size)
 
@@ -400,7 +402,7 @@ class Pretrainer:
             if logged:
                 logged["train/epoch"] = pr.epoch + pr.batch / self.batches_per_epoch
                 self.tracker.log(logged, pr.step)
-                bar.set_postfix(loss=f"{logged['train/loss']:.3f}")
+                bar.show(pr.step, logged)
 
         def account() -> None:
             nonlocal started
@@ -409,6 +411,9 @@ class Pretrainer:
             started = now
 
         try:
+            if pr.val_pending:
+                self._validate_and_keep_best(stop)
+                self.save_last()
             while pr.epoch < epochs:
                 self.model.train()
                 while pr.batch < self.batches_per_epoch:
@@ -430,7 +435,8 @@ class Pretrainer:
                 flush()
                 pr.epoch, pr.batch = pr.epoch + 1, 0
                 if pr.epoch % self.config.pretrain.val_every == 0 or pr.epoch == epochs:
-                    self._validate_and_keep_best()
+                    account()
+                    self._validate_and_keep_best(stop)
                     window.restart()  # validation time is not step time
                 account()
                 self.save_last()
@@ -440,13 +446,24 @@ class Pretrainer:
             bar.close()
         return dict(pr.best)
 
-    def _validate_and_keep_best(self) -> None:
+    def _validate_and_keep_best(self, stop: StopRequest | None) -> None:
+        """Validate; keep ``best.pt``. A stop request during it writes ``last.pt`` as of
+        before it, marked pending, and raises :class:`Preempted`."""
         pr = self.progress
-        result = self.validate()
+        rng = capture_rng_state()
+        pr.val_pending = True
+        try:
+            result = self.validate(stop)
+        except Interrupted as err:
+            self.save_last(rng)
+            raise Preempted(
+                err.signal_name, pr.step, self.run_dir / "last.pt", self.resume_hint
+            ) from None
+        pr.val_pending = False
         if result.mean > pr.best["accuracy"]:
             pr.best = {
                 "accuracy": result.mean,
-                "ci95": result.ci95,
+                "ci95": result.summary()["ci95"],
                 "step": pr.step,
                 "epoch": pr.epoch,
             }
@@ -470,18 +487,24 @@ class Pretrainer:
             pr.best["epoch"],
         )
 
+    @property
+    def resume_hint(self) -> str:
+        return f"python -m metatl.pretrain --resume {self.run_dir}"
+
     def preempt(self, stop: StopRequest, *, written: bool = False) -> NoReturn:
         """Write ``last.pt`` (unless ``written``) and raise :class:`Preempted`."""
         path = self.run_dir / "last.pt" if written else self.save_last()
         raise Preempted(
-            stop.signal_name or "a stop request",
-            self.progress.step,
-            path,
-            f"python -m metatl.pretrain --resume {self.run_dir}",
+            stop.signal_name or "a stop request", self.progress.step, path, self.resume_hint
         )
 
 
-def run_pretraining(config: RunConfig, *, resume_dir: str | Path | None = None) -> RunResult:
+def run_pretraining(
+    config: RunConfig,
+    *,
+    resume_dir: str | Path | None = None,
+    data_root: str | None = None,
+) -> RunResult:
     """Pretrain on the source split, then test the best backbone; all in one run directory.
 
     The test scores ``protonet`` (nearest class mean on the pretrained features), then
@@ -493,58 +516,54 @@ def run_pretraining(config: RunConfig, *, resume_dir: str | Path | None = None) 
         config: The run's config (ignored when resuming: the run's own is used).
         resume_dir: A run directory to continue from its ``last.pt``, in place; the result
             equals (bit for bit on CPU) that of a run never interrupted.
+        data_root: Where the data is now, if not at ``data.root``; it must be the same data.
 
     Raises:
         ConfigError: A bad setting (before anything is written).
-        CheckpointError: ``resume_dir`` has no readable pretraining ``last.pt``, or has
-            finished.
+        CheckpointError: ``resume_dir`` has no readable pretraining ``last.pt``, has
+            finished, or the data changed.
+        RunInUseError: Another process is writing to ``resume_dir``.
         NonFiniteLossError: The loss became NaN or infinite.
         Preempted: SIGTERM/SIGINT arrived; ``last.pt`` is up to date.
     """
-    resume = None
-    if resume_dir is not None:
-        resume, config = _resume_point(Path(resume_dir))
-    device = resolve_device(config.device)
-    # The test runs nearest class mean as "protonet" on the pretrained backbone.
-    eval_config = dataclasses.replace(
-        config,
-        model=dataclasses.replace(config.model, algorithm="protonet"),
-        device=str(device),
-    )
-    torch.manual_seed(config.seed)
-    splits = {
-        name: load_split(config.data, getattr(config.data, f"{name}_split"))
-        for name in ("train", "val", "test")
-    }
-    t = config.train
-    specs = [s for s in episode_specs(config) if s[0] == "test"]
-    for name, spec in [("val", EpisodeSpec(t.val_way, t.val_shot, t.val_query)), *specs]:
-        data = splits[name]
-        EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
-    if len(splits["train"]) < 2:
-        raise ConfigError(f"{splits['train'].name} has {len(splits['train'])} image(s); need 2+")
-    pixels = ["pixels"] if config.test.pixel_baseline else []
-    methods = list(dict.fromkeys(["protonet", *config.test.methods, *pixels]))
-    model = build_model(config, splits["train"], load_pretrained=resume is None)
-    build_methods(methods, ProtoNet(model.backbone), eval_config)
-
-    run_dir = Path(resume_dir) if resume_dir is not None else _new_pretrain_dir(config)
-    try:
-        tracker = make_tracker(config, run_dir, resume=resume is not None)
-    except BaseException:
-        if resume is None:  # the tracker refused to start: leave no empty run directory
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    try:
-        trainer = Pretrainer(model, config, splits["train"], splits["val"], run_dir, tracker)
-        if resume is None:
-            (run_dir / "config.yaml").write_text(
-                yaml.safe_dump(config_to_dict(config), sort_keys=False)
+    with contextlib.ExitStack() as hold:
+        start = check_run(
+            hold, config, resume_dir=resume_dir, data_root=data_root, read_resume=_resume_point
+        )
+        config, splits, device, resume = start.config, start.splits, start.device, start.resume
+        # The test runs nearest class mean as "protonet" on the pretrained backbone.
+        eval_config = dataclasses.replace(
+            config,
+            model=dataclasses.replace(config.model, algorithm="protonet"),
+            device=str(device),
+        )
+        t = config.train
+        specs = [s for s in episode_specs(config) if s[0] == "test"]
+        for name, spec in [("val", EpisodeSpec(t.val_way, t.val_shot, t.val_query)), *specs]:
+            data = splits[name]
+            EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
+        if len(splits["train"]) < 2:
+            raise ConfigError(
+                f"{splits['train'].name} has {len(splits['train'])} image(s); need 2+"
             )
-            tracker.log_config(config_to_dict(config))
-        else:
+        pixels = ["pixels"] if config.test.pixel_baseline else []
+        methods = list(dict.fromkeys(["protonet", *config.test.methods, *pixels]))
+        model = build_model(config, splits["train"], load_pretrained=resume is None)
+        build_methods(methods, ProtoNet(model.backbone), eval_config)
+
+        prefix = f"pretrain-{config.model.backbone}-{config.data.dataset}"
+        run_dir, tracker, stop = open_run(hold, start, prefix)
+        trainer = Pretrainer(
+            model,
+            config,
+            splits["train"],
+            splits["val"],
+            run_dir,
+            tracker,
+            fingerprint=data_fingerprint(splits),
+        )
+        if resume is not None:
             trainer.load_state_dict(resume, str(run_dir / "last.pt"))
-            tracker.log({"resumed_from_step": trainer.progress.step}, trainer.progress.step)
         logger.info(
             "run directory %s; %d train classes (%d images), %d batches of %d per epoch; %s, %s",
             run_dir,
@@ -555,13 +574,21 @@ def run_pretraining(config: RunConfig, *, resume_dir: str | Path | None = None) 
             device,
             config.precision,
         )
-        with stop_on_signals() as stop:
-            best_val = trainer.fit(stop)
-            if stop:  # during the last epoch: last.pt already holds the end of training
-                trainer.preempt(stop, written=True)
-            model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
-            test = evaluate_methods(methods, ProtoNet(model.backbone), splits["test"], eval_config)
+        best_val = trainer.fit(stop)
+        if stop:  # during the last epoch: last.pt already holds the end of training
+            trainer.preempt(stop, written=True)
+        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
         step, train_time = trainer.progress.step, trainer.progress.train_time_s
+        test = run_test(
+            methods,
+            ProtoNet(model.backbone),
+            splits["test"],
+            eval_config,
+            stop=stop,
+            run_dir=run_dir,
+            step=step,
+            resume_hint=trainer.resume_hint,
+        )
         result = RunResult(run_dir, best_val, test)
         finish_run(
             result,
@@ -571,23 +598,14 @@ def run_pretraining(config: RunConfig, *, resume_dir: str | Path | None = None) 
             {"kind": "pretrain", "train_time_s": train_time, "steps": step},
         )
         return result
-    finally:
-        tracker.close()
-
-
-def _new_pretrain_dir(config: RunConfig) -> Path:
-    name = config.name or time.strftime(
-        f"pretrain-{config.model.backbone}-{config.data.dataset}-%Y%m%d-%H%M%S"
-    )
-    return new_run_dir(dataclasses.replace(config, name=name))
 
 
 def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
     """The ``last.pt`` payload of ``run_dir`` and the run's own config."""
     checkpoint = read_last_checkpoint(run_dir)
-    if checkpoint.get("kind") != "pretrain" or "config" not in checkpoint:
+    if checkpoint.get("kind") != "pretrain":
         raise CheckpointError(
             f"{run_dir / 'last.pt'} is not a pretraining checkpoint (resume meta-training runs "
             "with python -m metatl.train --resume)"
         )
-    return checkpoint, config_from_dict(checkpoint["config"])
+    return checkpoint, checkpoint_config(checkpoint, run_dir / "last.pt")

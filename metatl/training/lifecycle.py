@@ -1,0 +1,152 @@
+"""How every training run starts, the same for meta-training and pretraining.
+
+:func:`check_run` does everything that can fail before a run directory exists (a resumed
+run's lock and checkpoint, ``out_dir``, the device, every split of the data and, on resume,
+that it is the data the run trained on); :func:`open_run` then creates and locks the run
+directory, starts the tracker and stores the config. Both enter what they hold (locks,
+tracker, signal handlers) into the caller's :class:`contextlib.ExitStack`, so it is all
+released, in reverse order, when the run ends however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from episodes import LabelledImages
+from metatl.atomic_io import write_text_atomic
+from metatl.config import RunConfig, config_to_dict
+from metatl.tracking import Tracker, create_tracker
+from metatl.training.data import load_splits
+from metatl.training.device import resolve_device
+from metatl.training.preemption import StopRequest, stop_on_signals
+from metatl.training.run_dir import (
+    check_data_fingerprint,
+    check_out_dir,
+    lock_run_dir,
+    new_run_dir,
+    with_absolute_paths,
+    with_data_root,
+)
+
+__all__ = ["RunStart", "check_run", "open_run", "start_tracker"]
+
+ResumeReader = Callable[[Path], tuple[dict[str, Any], RunConfig]]
+"""``run_dir -> (last.pt payload, the run's config)``, refusing checkpoints of another kind."""
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run checked and ready to start, before its directory is created or written.
+
+    Attributes:
+        config: The run's config (a resumed run's own), with absolute data paths.
+        splits: ``train``, ``val`` and ``test`` in memory.
+        device: Where it runs.
+        resume: The ``last.pt`` payload to continue from, or None for a new run.
+        resume_dir: The resumed run's directory (locked), or None.
+    """
+
+    config: RunConfig
+    splits: dict[str, LabelledImages]
+    device: torch.device
+    resume: dict[str, Any] | None = None
+    resume_dir: Path | None = None
+
+
+def check_run(
+    hold: contextlib.ExitStack,
+    config: RunConfig,
+    *,
+    resume_dir: str | Path | None,
+    data_root: str | None,
+    read_resume: ResumeReader,
+) -> RunStart:
+    """Everything that can be checked before a run directory exists; seeds torch.
+
+    Raises:
+        RunInUseError: Another process writes to ``resume_dir`` (its lock is held in ``hold``).
+        CheckpointError: ``resume_dir`` cannot be resumed, or its data changed.
+        ConfigError: ``out_dir`` cannot hold a run; no such device.
+        FileNotFoundError: The data is not there.
+    """
+    resume, run_dir = None, None
+    if resume_dir is not None:
+        run_dir = Path(resume_dir)
+        if run_dir.is_dir():
+            hold.enter_context(lock_run_dir(run_dir))
+        resume, config = read_resume(run_dir)
+    config = with_data_root(config, data_root)
+    if resume is None:
+        check_out_dir(config)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    splits = load_splits(config.data)
+    config = with_absolute_paths(config)
+    if resume is not None:
+        check_data_fingerprint(resume.get("data"), splits, config.data.root)
+    return RunStart(config, splits, device, resume, run_dir)
+
+
+def open_run(
+    hold: contextlib.ExitStack, start: RunStart, prefix: str | None = None
+) -> tuple[Path, Tracker, StopRequest]:
+    """The run directory (new, or the resumed one), locked; its tracker; SIGTERM/SIGINT as a
+    stop request. A new run's ``config.yaml`` is written and its config logged.
+
+    Args:
+        hold: Receives the lock, the tracker's close and the signal handlers.
+        start: What :func:`check_run` returned.
+        prefix: Start of a new run directory's automatic name (see :func:`new_run_dir`).
+    """
+    config, resume = start.config, start.resume
+    if start.resume_dir is None:
+        run_dir = new_run_dir(config, prefix)
+        hold.enter_context(lock_run_dir(run_dir))
+    else:
+        run_dir = start.resume_dir
+    tracker = start_tracker(config, run_dir, resume=resume is not None)
+    hold.callback(tracker.close)
+    if resume is None:
+        text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+        write_text_atomic(run_dir / "config.yaml", text)
+        tracker.log_config(config_to_dict(config))
+    else:
+        tracker.log({"resumed_from_step": resume["step"]}, resume["step"])
+    return run_dir, tracker, hold.enter_context(stop_on_signals())
+
+
+def start_tracker(config: RunConfig, run_dir: Path, *, resume: bool) -> Tracker:
+    """The run's tracker. If it cannot start (W&B refused), a new run directory is removed
+    again, except W&B's own logs of the attempt, which W&B points the user to.
+
+    Raises:
+        ValueError: W&B could not start; the message says where its logs are, if any.
+    """
+    try:
+        return create_tracker(config, run_dir, resume=resume)
+    except ValueError as err:
+        if resume:
+            raise
+        wandb_logs = run_dir / "wandb"
+        if not wandb_logs.is_dir():
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        for entry in run_dir.iterdir():
+            if entry != wandb_logs:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        raise ValueError(
+            f"{err}. W&B's logs of the attempt are kept in {wandb_logs} (no run was started; "
+            f"delete {run_dir} when done)"
+        ) from err
+    except BaseException:
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
