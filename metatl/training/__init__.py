@@ -15,8 +15,8 @@ from metatl.training.evaluation import (
     paired_difference,
     register_method,
 )
+from metatl.training.loop import NonFiniteLossError, TrainingLoop
 from metatl.training.meta_train import (
-    NonFiniteLossError,
     RunResult,
     meta_train,
     run_experiment,
@@ -29,6 +29,7 @@ __all__ = [
     "ImageTransform",
     "NonFiniteLossError",
     "RunResult",
+    "TrainingLoop",
     "UnknownMethodError",
     "build_learner",
     "default_methods",

@@ -26,7 +26,7 @@ from metatl.config import RunConfig, config_to_dict
 from metatl.tracking import Tracker, create_tracker
 from metatl.training.data import load_splits
 from metatl.training.device import resolve_device
-from metatl.training.preemption import StopRequest, stop_on_signals
+from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
 from metatl.training.run_dir import (
     check_data_fingerprint,
     check_out_dir,
@@ -36,7 +36,7 @@ from metatl.training.run_dir import (
     with_data_root,
 )
 
-__all__ = ["RunStart", "check_run", "open_run", "start_tracker"]
+__all__ = ["OpenRun", "RunStart", "check_run", "open_run", "start_tracker"]
 
 ResumeReader = Callable[[Path], tuple[dict[str, Any], RunConfig]]
 """``run_dir -> (last.pt payload, the run's config)``, refusing checkpoints of another kind."""
@@ -95,15 +95,42 @@ def check_run(
     return RunStart(config, splits, device, resume, run_dir)
 
 
+@dataclass(frozen=True)
+class OpenRun:
+    """A run directory being written: its tracker and the stop request of its process.
+
+    Attributes:
+        run_dir: The (locked) run directory.
+        tracker: Where metrics go.
+        stop: Set by SIGTERM/SIGINT.
+        resume_command: The command that continues it, e.g. ``python -m metatl.train``.
+    """
+
+    run_dir: Path
+    tracker: Tracker
+    stop: StopRequest
+    resume_command: str
+
+    @property
+    def resume_hint(self) -> str:
+        return f"{self.resume_command} --resume {self.run_dir}"
+
+    def preempted(self, step: int, signal_name: str | None = None) -> Preempted:
+        """The exception that ends the run after ``last.pt`` holds ``step``."""
+        name = signal_name or self.stop.signal_name or "a stop request"
+        return Preempted(name, step, self.run_dir / "last.pt", self.resume_hint)
+
+
 def open_run(
-    hold: contextlib.ExitStack, start: RunStart, prefix: str | None = None
-) -> tuple[Path, Tracker, StopRequest]:
+    hold: contextlib.ExitStack, start: RunStart, resume_command: str, prefix: str | None = None
+) -> OpenRun:
     """The run directory (new, or the resumed one), locked; its tracker; SIGTERM/SIGINT as a
     stop request. A new run's ``config.yaml`` is written and its config logged.
 
     Args:
         hold: Receives the lock, the tracker's close and the signal handlers.
         start: What :func:`check_run` returned.
+        resume_command: The command that resumes such a run, for messages.
         prefix: Start of a new run directory's automatic name (see :func:`new_run_dir`).
     """
     config, resume = start.config, start.resume
@@ -120,7 +147,8 @@ def open_run(
         tracker.log_config(config_to_dict(config))
     else:
         tracker.log({"resumed_from_step": resume["step"]}, resume["step"])
-    return run_dir, tracker, hold.enter_context(stop_on_signals())
+    stop = hold.enter_context(stop_on_signals())
+    return OpenRun(run_dir, tracker, stop, resume_command)
 
 
 def start_tracker(config: RunConfig, run_dir: Path, *, resume: bool) -> Tracker:

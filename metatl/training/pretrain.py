@@ -20,10 +20,9 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -32,30 +31,26 @@ from torch import nn
 from episodes import EpisodeSampler, EpisodeSpec, LabelledImages
 from metatl.algorithms import ProtoNet
 from metatl.backbones import Backbone
-from metatl.config import ConfigError, RunConfig, config_to_dict
+from metatl.config import ConfigError, RunConfig
 from metatl.tracking import Tracker
 from metatl.training.augment import BatchAugment, derived_generator
 from metatl.training.builders import build_backbone
 from metatl.training.checkpoint import (
     CheckpointError,
     checkpoint_config,
-    load_checkpoint,
-    save_checkpoint,
 )
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
 from metatl.training.evaluation import EvalResult, build_methods, evaluate
-from metatl.training.lifecycle import check_run, open_run
+from metatl.training.lifecycle import RunStart, check_run, open_run
+from metatl.training.loop import NonFiniteLoss, TrainingLoop
 from metatl.training.meta_train import (
-    NonFiniteLossError,
     RunResult,
     episode_specs,
     finish_run,
-    run_test,
+    test_best,
 )
-from metatl.training.preemption import Interrupted, Preempted, StopRequest
-from metatl.training.progress import Progress
-from metatl.training.rng import capture_rng_state, restore_rng_state
+from metatl.training.preemption import StopRequest
 from metatl.training.run_dir import (
     data_fingerprint,
     read_last_checkpoint,
@@ -127,55 +122,25 @@ def build_model(
     return SupervisedModel(backbone, train_data.num_classes)
 
 
-@dataclass
-class _Progress:
+@dataclass(frozen=True)
+class Position:
     """Where a run is: ``epoch`` epochs done, then ``batch`` batches of the next one."""
 
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    best: dict[str, float] = field(
-        default_factory=lambda: {"accuracy": -1.0, "ci95": 0.0, "step": 0, "epoch": 0}
-    )
-    train_time_s: float = 0.0
-    # Stopped during the validation after epoch ``epoch``: resume redoes it first.
-    val_pending: bool = False
-
-
-class _Window:
-    """Training metrics since the last log, with step time and images per second."""
-
-    def __init__(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        self.restart()
-
-    def restart(self) -> None:
-        self.metrics: list[dict[str, float]] = []
-        self.start = time.perf_counter()
-
-    def add(self, metrics: dict[str, float]) -> None:
-        self.metrics.append(metrics)
-
-    def pop(self) -> dict[str, float]:
-        """The ``train/*`` means of the window (``{}`` if empty); then a new window."""
-        window, elapsed = self.metrics, time.perf_counter() - self.start
-        self.restart()
-        if not window:
-            return {}
-        return {
-            "train/loss": sum(m["loss"] for m in window) / len(window),
-            "train/accuracy": sum(m["accuracy"] for m in window) / len(window),
-            "train/lr": window[-1]["lr"],
-            "train/step_time_s": elapsed / len(window),
-            "train/images_per_s": len(window) * self.batch_size / elapsed,
-        }
+    epoch: int
+    batch: int
+    step: int
+    best: dict[str, Any]
+    train_time_s: float
 
 
 class Pretrainer:
-    """The pretraining loop of one run directory; resumable exactly from its ``last.pt``.
+    """Supervised pretraining's step (a batch of images, one SGD step on their
+    cross-entropy) for the :class:`TrainingLoop`, which it runs as :meth:`fit`.
 
     Each epoch visits ``len(train_data) // batch_size`` batches of a fresh seeded permutation
-    (the remainder is left out of that epoch; a split smaller than a batch is one batch).
+    (the remainder is left out of that epoch; a split smaller than a batch is one batch). The
+    batch order of an epoch and each batch's augmentation depend on ``(seed, epoch, batch)``
+    only, so step ``s`` is the same batch however the run got there.
 
     Args:
         model: Backbone and classifier (see :func:`build_model`); moved to the device.
@@ -186,10 +151,12 @@ class Pretrainer:
         run_dir: Where ``best.pt`` and ``last.pt`` are written.
         tracker: Receives ``train/*`` and ``val/*`` metrics at optimiser steps.
         fingerprint: What identifies the data (stored in ``last.pt``, checked on resume).
-
-    Raises:
-        ConfigError: Bad ``pretrain`` settings; a device this machine does not have.
     """
+
+    label = "pretrain"
+    resume_command = "python -m metatl.pretrain"
+    lr_key = "pretrain.lr"
+    rate_name = "images_per_s"
 
     def __init__(
         self,
@@ -202,8 +169,6 @@ class Pretrainer:
         fingerprint: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.train_data, self.val_data = config, train_data, val_data
-        self.fingerprint = fingerprint or {}
-        self.run_dir, self.tracker = Path(run_dir), tracker
         self.device = resolve_device(config.device)
         # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
         self.memory_format = (
@@ -217,38 +182,144 @@ class Pretrainer:
         self.scaler = grad_scaler(self.device, config.precision)
         self.transform = ImageTransform(model.backbone.input_spec)
         self.augment = BatchAugment(p.augment, p.crop_padding)
-        self.batch_size = min(p.batch_size, len(train_data))
+        self.batch_size = self.items_per_step = min(p.batch_size, len(train_data))
         self.batches_per_epoch = len(train_data) // self.batch_size
         self.total_steps = p.epochs * self.batches_per_epoch
-        self.progress = _Progress()
         self._order: tuple[int, torch.Tensor] | None = None
-        self._last_saved_step: int | None = None
+        self.loop = TrainingLoop(self, config, run_dir, tracker, fingerprint)
 
-    # ---- checkpoints ---------------------------------------------------------------------
+    @property
+    def progress(self) -> Position:
+        loop = self.loop
+        epoch, batch = divmod(loop.step, self.batches_per_epoch)
+        return Position(epoch, batch, loop.step, dict(loop.best), loop.train_time_s)
 
-    def state_dict(self, rng: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The ``last.pt`` payload: everything :meth:`load_state_dict` needs (``rng``: the
-        RNG states to store, default the current ones)."""
-        pr = self.progress
+    def fit(self, stop: StopRequest | None = None) -> dict[str, Any]:
+        """Train from the current position to the last epoch (see :class:`TrainingLoop`).
+
+        Validation follows every ``pretrain.val_every``-th epoch and the last; ``last.pt`` is
+        written at the end of every epoch and every ``train.checkpoint_every`` steps.
+
+        Returns:
+            The best validation: ``{"accuracy", "ci95", "step", "epoch"}``.
+
+        Raises:
+            NonFiniteLossError: The loss became NaN or infinite (message names the step).
+            Preempted: ``stop`` fired; ``last.pt`` is up to date.
+        """
+        return self.loop.run(stop)
+
+    def resume(self, payload: dict[str, Any], source: str = "last.pt") -> None:
+        """Continue from a ``last.pt`` payload (RNG states included: call this last)."""
+        self.loop.resume_from(payload, source)
+
+    # ---- the strategy ----------------------------------------------------------------------
+
+    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of epoch ``epoch`` (0-based), augmented, on the device.
+
+        Returns:
+            Images ``[B, C, S, S]`` (float, normalised, at the backbone's input size) and
+            labels int64 ``[B]``.
+        """
+        if self._order is None or self._order[0] != epoch:
+            generator = derived_generator(self.config.seed, _ORDER, epoch)
+            self._order = (epoch, torch.randperm(len(self.train_data), generator=generator))
+        items = self._order[1][index * self.batch_size : (index + 1) * self.batch_size]
+        images = self.transform(self.train_data.images[items])
+        images = self.augment(images, derived_generator(self.config.seed, _AUGMENT, epoch, index))
+        images = images.to(self.device, non_blocking=True).contiguous(
+            memory_format=self.memory_format
+        )
+        return images, self.train_data.labels[items].to(self.device, non_blocking=True)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Optimiser step ``step`` (1-based) at its cosine learning rate; ``{"loss",
+        "accuracy", "lr"}``. Raises :class:`NonFiniteLoss` before any update."""
+        p = self.config.pretrain
+        lr = cosine_lr(step - 1, self.total_steps, p.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = self.batch(*divmod(step - 1, self.batches_per_epoch))
+        self.model.train()
+        with autocast(self.device, self.config.precision):
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=p.label_smoothing)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(value)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        accuracy = float((logits.detach().argmax(1) == labels).float().mean())
+        return {"loss": value, "accuracy": accuracy, "lr": lr}
+
+    def where(self, step: int) -> str:
+        epoch, batch = divmod(step - 1, self.batches_per_epoch)
+        return f" (epoch {epoch + 1}, batch {batch + 1} of {self.batches_per_epoch})"
+
+    def _epoch_end(self, step: int) -> int | None:
+        """The epoch (1-based) that ``step`` ends, or None mid-epoch."""
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        return epoch if batch == 0 else None
+
+    def log_due(self, step: int) -> bool:
+        return step % self.config.train.log_every == 0 or self._epoch_end(step) is not None
+
+    def validation_due(self, step: int) -> bool:
+        epoch = self._epoch_end(step)
+        p = self.config.pretrain
+        return epoch is not None and (epoch % p.val_every == 0 or epoch == p.epochs)
+
+    def checkpoint_due(self, step: int) -> bool:
+        every = self.config.train.checkpoint_every
+        return self._epoch_end(step) is not None or (bool(every) and step % every == 0)
+
+    def log_extras(self, step: int) -> dict[str, float]:
+        epoch, batch = divmod(step, self.batches_per_epoch)
+        return {"train/epoch": epoch + batch / self.batches_per_epoch}
+
+    def best_extras(self, step: int) -> dict[str, Any]:
+        return {"epoch": step // self.batches_per_epoch}
+
+    def validate(self, stop: StopRequest | None = None) -> EvalResult:
+        """Nearest class mean on the backbone's features over the ``train.val_*`` episodes.
+
+        Raises:
+            Interrupted: ``stop`` fired during it.
+        """
+        t = self.config.train
+        return evaluate(
+            {"protonet": ProtoNet(self.model.backbone)},
+            self.val_data,
+            EpisodeSpec(t.val_way, t.val_shot, t.val_query),
+            t.val_episodes,
+            t.val_seed,
+            self.transform,
+            workers=self.config.data.workers,
+            device=self.device,
+            precision=self.config.precision,
+            stop=stop,
+        )["protonet"]
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, batch = divmod(self.loop.step, self.batches_per_epoch)
         return {
             "kind": "pretrain",
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "config": config_to_dict(self.config),
-            "epoch": pr.epoch,
-            "batch": pr.batch,
-            "step": pr.step,
-            "val": dict(pr.best),
-            "train_time_s": pr.train_time_s,
+            "epoch": epoch,
+            "batch": batch,
             "train_images": len(self.train_data),
-            "rng": rng or capture_rng_state(),
-            "data": self.fingerprint,
-            "val_pending": pr.val_pending,
         }
 
+    def best_state(self) -> dict[str, Any]:
+        return {"kind": "pretrain", "model": self.model.state_dict()}
+
     def load_state_dict(self, payload: dict[str, Any], source: str = "last.pt") -> None:
-        """Continue from a ``last.pt`` payload (RNG states included: call this last).
+        """The strategy's part of a ``last.pt`` payload (see :meth:`resume` for all of it).
 
         Raises:
             CheckpointError: The payload lacks resume state, does not fit the model, or was
@@ -272,231 +343,6 @@ class Pretrainer:
             reason = " ".join(str(err).split())
             raise CheckpointError(f"{source} does not fit this run's model: {reason}") from None
         self.scaler.load_state_dict(payload["scaler"])
-        self.progress = _Progress(
-            epoch=int(payload["epoch"]),
-            batch=int(payload["batch"]),
-            step=int(payload["step"]),
-            best=dict(payload["val"]),
-            train_time_s=float(payload.get("train_time_s", 0.0)),
-            val_pending=bool(payload.get("val_pending", False)),
-        )
-        self._last_saved_step = self.progress.step
-        restore_rng_state(payload["rng"])
-
-    def save_last(self, rng: dict[str, Any] | None = None) -> Path:
-        path = save_checkpoint(self.run_dir / "last.pt", self.state_dict(rng))
-        self._last_saved_step = self.progress.step
-        return path
-
-    def save_best(self) -> Path:
-        pr = self.progress
-        return save_checkpoint(
-            self.run_dir / "best.pt",
-            {
-                "kind": "pretrain",
-                "model": self.model.state_dict(),
-                "config": config_to_dict(self.config),
-                "step": pr.step,
-                "epoch": pr.epoch,
-                "val": dict(pr.best),
-            },
-        )
-
-    # ---- the loop --------------------------------------------------------------------------
-
-    def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``index`` of epoch ``epoch`` (0-based), augmented, on the device.
-
-        Returns:
-            Images ``[B, C, S, S]`` (float, normalised, at the backbone's input size) and
-            labels int64 ``[B]``.
-        """
-        if self._order is None or self._order[0] != epoch:
-            generator = derived_generator(self.config.seed, _ORDER, epoch)
-            self._order = (epoch, torch.randperm(len(self.train_data), generator=generator))
-        items = self._order[1][index * self.batch_size : (index + 1) * self.batch_size]
-        images = self.transform(self.train_data.images[items])
-        images = self.augment(images, derived_generator(self.config.seed, _AUGMENT, epoch, index))
-        images = images.to(self.device, non_blocking=True).contiguous(
-            memory_format=self.memory_format
-        )
-        return images, self.train_data.labels[items].to(self.device, non_blocking=True)
-
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """One optimiser step at the scheduled learning rate; ``{"loss", "accuracy", "lr"}``.
-
-        Raises:
-            NonFiniteLossError: Before any update, if the loss is NaN or infinite.
-        """
-        pr, p = self.progress, self.config.pretrain
-        lr = cosine_lr(pr.step, self.total_steps, p.lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        with autocast(self.device, self.config.precision):
-            logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=p.label_smoothing)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            last = self.run_dir / "last.pt"
-            kept = (
-                f"the last good checkpoint is {last} (step {self._last_saved_step})"
-                if self._last_saved_step is not None
-                else "no checkpoint was written yet"
-            )
-            raise NonFiniteLossError(
-                f"loss is {value} at step {pr.step + 1} (epoch {pr.epoch + 1}, batch "
-                f"{pr.batch + 1} of {self.batches_per_epoch}); {kept} (try a lower pretrain.lr)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        accuracy = float((logits.detach().argmax(1) == labels).float().mean())
-        return {"loss": value, "accuracy": accuracy, "lr": lr}
-
-    def validate(self, stop: StopRequest | None = None) -> EvalResult:
-        """Nearest class mean on the backbone's features over the ``train.val_*`` episodes.
-
-        Raises:
-            Interrupted: ``stop`` fired during it.
-        """
-        t = self.config.train
-        return evaluate(
-            {"protonet": ProtoNet(self.model.backbone)},
-            self.val_data,
-            EpisodeSpec(t.val_way, t.val_shot, t.val_query),
-            t.val_episodes,
-            t.val_seed,
-            self.transform,
-            workers=self.config.data.workers,
-            device=self.device,
-            precision=self.config.precision,
-            stop=stop,
-        )["protonet"]
-
-    def fit(self, stop: StopRequest | None = None) -> dict[str, float]:
-        """Train from the current position to the last epoch.
-
-        Validation follows every ``pretrain.val_every``-th epoch and the last; a better
-        score writes ``best.pt``. ``last.pt`` is written at the end of every epoch, and also
-        every ``train.checkpoint_every`` steps if that is set.
-
-        Args:
-            stop: Polled between batches; when set, ``last.pt`` is written and
-                :class:`Preempted` raised.
-
-        Returns:
-            The best validation: ``{"accuracy", "ci95", "step", "epoch"}``.
-
-        Raises:
-            NonFiniteLossError: The loss became NaN or infinite (message names the step).
-            Preempted: ``stop`` fired; ``last.pt`` is up to date.
-        """
-        pr, epochs = self.progress, self.config.pretrain.epochs
-        bar = Progress("pretrain", self.total_steps, pr.step)
-        started = time.perf_counter()
-        window = _Window(self.batch_size)
-
-        def flush() -> None:
-            logged = window.pop()
-            if logged:
-                logged["train/epoch"] = pr.epoch + pr.batch / self.batches_per_epoch
-                self.tracker.log(logged, pr.step)
-                bar.show(pr.step, logged)
-
-        def account() -> None:
-            nonlocal started
-            now = time.perf_counter()
-            pr.train_time_s += now - started
-            started = now
-
-        try:
-            if pr.val_pending:
-                self._validate_and_keep_best(stop)
-                self.save_last()
-            while pr.epoch < epochs:
-                self.model.train()
-                while pr.batch < self.batches_per_epoch:
-                    if stop:
-                        flush()
-                        account()
-                        self.preempt(stop)
-                    metrics = self.train_step(*self.batch(pr.epoch, pr.batch))
-                    pr.batch += 1
-                    pr.step += 1
-                    bar.update()
-                    window.add(metrics)
-                    if pr.step % self.config.train.log_every == 0:
-                        flush()
-                    every = self.config.train.checkpoint_every
-                    if every and pr.step % every == 0 and pr.batch < self.batches_per_epoch:
-                        account()
-                        self.save_last()
-                flush()
-                pr.epoch, pr.batch = pr.epoch + 1, 0
-                if pr.epoch % self.config.pretrain.val_every == 0 or pr.epoch == epochs:
-                    account()
-                    self._validate_and_keep_best(stop)
-                    window.restart()  # validation time is not step time
-                account()
-                self.save_last()
-                if stop and pr.epoch < epochs:
-                    self.preempt(stop, written=True)
-        finally:
-            bar.close()
-        return dict(pr.best)
-
-    def _validate_and_keep_best(self, stop: StopRequest | None) -> None:
-        """Validate; keep ``best.pt``. A stop request during it writes ``last.pt`` as of
-        before it, marked pending, and raises :class:`Preempted`."""
-        pr = self.progress
-        rng = capture_rng_state()
-        pr.val_pending = True
-        try:
-            result = self.validate(stop)
-        except Interrupted as err:
-            self.save_last(rng)
-            raise Preempted(
-                err.signal_name, pr.step, self.run_dir / "last.pt", self.resume_hint
-            ) from None
-        pr.val_pending = False
-        if result.mean > pr.best["accuracy"]:
-            pr.best = {
-                "accuracy": result.mean,
-                "ci95": result.summary()["ci95"],
-                "step": pr.step,
-                "epoch": pr.epoch,
-            }
-            self.save_best()
-        self.tracker.log(
-            {
-                "val/accuracy": result.mean,
-                "val/ci95": result.ci95,
-                "val/best_accuracy": pr.best["accuracy"],
-            },
-            pr.step,
-        )
-        logger.info(
-            "epoch %d/%d (step %d): validation accuracy %.4f ± %.4f (best %.4f, epoch %d)",
-            pr.epoch,
-            self.config.pretrain.epochs,
-            pr.step,
-            result.mean,
-            result.ci95,
-            pr.best["accuracy"],
-            pr.best["epoch"],
-        )
-
-    @property
-    def resume_hint(self) -> str:
-        return f"python -m metatl.pretrain --resume {self.run_dir}"
-
-    def preempt(self, stop: StopRequest, *, written: bool = False) -> NoReturn:
-        """Write ``last.pt`` (unless ``written``) and raise :class:`Preempted`."""
-        path = self.run_dir / "last.pt" if written else self.save_last()
-        raise Preempted(
-            stop.signal_name or "a stop request", self.progress.step, path, self.resume_hint
-        )
 
 
 def run_pretraining(
@@ -530,74 +376,62 @@ def run_pretraining(
         start = check_run(
             hold, config, resume_dir=resume_dir, data_root=data_root, read_resume=_resume_point
         )
-        config, splits, device, resume = start.config, start.splits, start.device, start.resume
-        # The test runs nearest class mean as "protonet" on the pretrained backbone.
-        eval_config = dataclasses.replace(
-            config,
-            model=dataclasses.replace(config.model, algorithm="protonet"),
-            device=str(device),
-        )
-        t = config.train
-        specs = [s for s in episode_specs(config) if s[0] == "test"]
-        for name, spec in [("val", EpisodeSpec(t.val_way, t.val_shot, t.val_query)), *specs]:
-            data = splits[name]
-            EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
-        if len(splits["train"]) < 2:
-            raise ConfigError(
-                f"{splits['train'].name} has {len(splits['train'])} image(s); need 2+"
-            )
-        pixels = ["pixels"] if config.test.pixel_baseline else []
-        methods = list(dict.fromkeys(["protonet", *config.test.methods, *pixels]))
-        model = build_model(config, splits["train"], load_pretrained=resume is None)
-        build_methods(methods, ProtoNet(model.backbone), eval_config)
-
+        config, splits = start.config, start.splits
+        model, methods, eval_config = _build(start)
         prefix = f"pretrain-{config.model.backbone}-{config.data.dataset}"
-        run_dir, tracker, stop = open_run(hold, start, prefix)
+        run = open_run(hold, start, Pretrainer.resume_command, prefix)
         trainer = Pretrainer(
             model,
             config,
             splits["train"],
             splits["val"],
-            run_dir,
-            tracker,
+            run.run_dir,
+            run.tracker,
             fingerprint=data_fingerprint(splits),
         )
-        if resume is not None:
-            trainer.load_state_dict(resume, str(run_dir / "last.pt"))
+        if start.resume is not None:
+            trainer.resume(start.resume, str(run.run_dir / "last.pt"))
         logger.info(
             "run directory %s; %d train classes (%d images), %d batches of %d per epoch; %s, %s",
-            run_dir,
+            run.run_dir,
             splits["train"].num_classes,
             len(splits["train"]),
             trainer.batches_per_epoch,
             trainer.batch_size,
-            device,
+            start.device,
             config.precision,
         )
-        best_val = trainer.fit(stop)
-        if stop:  # during the last epoch: last.pt already holds the end of training
-            trainer.preempt(stop, written=True)
-        model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
+        best_val = trainer.fit(run.stop)
         step, train_time = trainer.progress.step, trainer.progress.train_time_s
-        test = run_test(
-            methods,
-            ProtoNet(model.backbone),
-            splits["test"],
-            eval_config,
-            stop=stop,
-            run_dir=run_dir,
-            step=step,
-            resume_hint=trainer.resume_hint,
-        )
-        result = RunResult(run_dir, best_val, test)
-        finish_run(
-            result,
-            config,
-            tracker,
-            step,
-            {"kind": "pretrain", "train_time_s": train_time, "steps": step},
-        )
+        learner = ProtoNet(model.backbone)
+        test = test_best(run, model, learner, methods, splits["test"], eval_config, step)
+        result = RunResult(run.run_dir, best_val, test)
+        extra = {"kind": "pretrain", "train_time_s": train_time, "steps": step}
+        finish_run(result, config, run.tracker, step, extra)
         return result
+
+
+def _build(start: RunStart) -> tuple[SupervisedModel, list[str], RunConfig]:
+    """The model, the test methods and the config they are tested with (nearest class mean
+    as ``protonet`` on the backbone), after checking every episode shape can be drawn."""
+    config, splits = start.config, start.splits
+    eval_config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, algorithm="protonet"),
+        device=str(start.device),
+    )
+    t = config.train
+    specs = [s for s in episode_specs(config) if s[0] == "test"]
+    for name, spec in [("val", EpisodeSpec(t.val_way, t.val_shot, t.val_query)), *specs]:
+        data = splits[name]
+        EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
+    if len(splits["train"]) < 2:
+        raise ConfigError(f"{splits['train'].name} has {len(splits['train'])} image(s); need 2+")
+    pixels = ["pixels"] if config.test.pixel_baseline else []
+    methods = list(dict.fromkeys(["protonet", *config.test.methods, *pixels]))
+    model = build_model(config, splits["train"], load_pretrained=start.resume is None)
+    build_methods(methods, ProtoNet(model.backbone), eval_config)
+    return model, methods, eval_config
 
 
 def _resume_point(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
