@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from metatl.cli import add_run_arguments, check_resume, run_main
 from metatl.config import load_config
+from metatl.reports import write_run_report
+from metatl.training.preemption import stop_on_signals
 from metatl.training.pretrain import run_pretraining
 
 
@@ -28,12 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         check_resume(args, overrides)
         if args.resume:
-            result = run_pretraining(
-                load_config(), resume_dir=args.resume, data_root=args.data_root
-            )
+            config = load_config()  # the run's own, read from its last.pt
         else:
             config = load_config(args.config, overrides, interpolate=args.interpolate)
-            result = run_pretraining(config, data_root=args.data_root)
+        with stop_on_signals() as stop:
+            result = run_pretraining(
+                config,
+                resume_dir=args.resume,
+                data_root=args.data_root,
+                stop=stop,
+                report=write_run_report,
+            )
         best = result.best_val
         ci = "n/a" if best["ci95"] is None else f"{100 * best['ci95']:.2f}"
         print(

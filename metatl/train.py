@@ -9,8 +9,10 @@ from collections.abc import Sequence
 
 from metatl.cli import add_run_arguments, check_resume, run_main
 from metatl.config import RunConfig, load_config
+from metatl.reports import write_run_report
 from metatl.tracking import sweep_overrides
 from metatl.training import run_experiment
+from metatl.training.preemption import stop_on_signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,13 +28,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         check_resume(args, overrides)
         if args.resume:
-            result = run_experiment(RunConfig(), resume_dir=args.resume, data_root=args.data_root)
+            config = RunConfig()  # the run's own, read from its last.pt
         else:
             # Under `wandb.agent(function=...)` the sweep's parameters win over everything.
             config = load_config(
                 args.config, [*overrides, *sweep_overrides()], interpolate=args.interpolate
             )
-            result = run_experiment(config, data_root=args.data_root)
+        with stop_on_signals() as stop:
+            result = run_experiment(
+                config,
+                resume_dir=args.resume,
+                data_root=args.data_root,
+                stop=stop,
+                report=write_run_report,
+            )
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())
         return 0

@@ -81,6 +81,15 @@ def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def stoppable(run, *args, **kwargs):
+    """Call ``run`` (run_experiment, run_pretraining) as the entrypoints do: with SIGTERM and
+    SIGINT setting its stop request for the duration of the call."""
+    from metatl.training.preemption import stop_on_signals
+
+    with stop_on_signals() as stop:
+        return run(*args, stop=stop, **kwargs)
+
+
 @pytest.fixture(autouse=True)
 def _no_wandb_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs in tests track to JSONL only (also in subprocesses); W&B tests opt back in."""

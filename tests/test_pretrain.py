@@ -27,7 +27,7 @@ from metatl.training.pretrain import (
     cosine_lr,
     run_pretraining,
 )
-from tests.conftest import make_pattern_images
+from tests.conftest import make_pattern_images, stoppable
 
 
 def tiny(folder_dataset: Path, out_dir: Path, name: str, *extra: str) -> list[str]:
@@ -189,14 +189,14 @@ def test_interrupted_and_resumed_equals_uninterrupted(
     # Step 3 is mid-epoch; step 7 is the last of epoch 1, so the stop follows its validation.
     signal_at_step(monkeypatch, {3, 7})
     with pytest.raises(Preempted, match=r"SIGTERM after step 3.*pretrain --resume"):
-        run_pretraining(load_config(None, tiny(folder_dataset, tmp_path, "cut", *extra)))
+        stoppable(run_pretraining, load_config(None, tiny(folder_dataset, tmp_path, "cut", *extra)))
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers are put back
     assert (
         load_checkpoint(cut / "last.pt")["epoch"],
         load_checkpoint(cut / "last.pt")["batch"],
     ) == (0, 3)
     with pytest.raises(Preempted, match=r"SIGTERM after step 7"):
-        run_pretraining(load_config(), resume_dir=cut)
+        stoppable(run_pretraining, load_config(), resume_dir=cut)
     assert load_checkpoint(cut / "last.pt")["epoch"] == 1
     monkeypatch.undo()
     resumed = run_pretraining(load_config(), resume_dir=cut)

@@ -19,6 +19,7 @@ from metatl.config import load_config
 from metatl.tracking import read_jsonl
 from metatl.training import CheckpointError, NonFiniteLossError, load_checkpoint, run_experiment
 from metatl.training.preemption import EXIT_PREEMPTED, Preempted
+from tests.conftest import stoppable
 
 REPO = Path(__file__).parents[1]
 
@@ -80,7 +81,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(
 
     stop_at_step(monkeypatch, 6)  # not a validation step: the RNG and episode position matter
     with pytest.raises(Preempted, match=r"SIGTERM after step 6.*--resume"):
-        run_experiment(load_config(None, tiny(folder_dataset, tmp_path, "cut")))
+        stoppable(run_experiment, load_config(None, tiny(folder_dataset, tmp_path, "cut")))
     monkeypatch.undo()
     cut = tmp_path / "cut"
     assert load_checkpoint(cut / "last.pt")["step"] == 6

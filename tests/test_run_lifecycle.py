@@ -27,6 +27,7 @@ from metatl.tracking import read_jsonl
 from metatl.training import load_checkpoint, run_experiment, run_pretraining
 from metatl.training.preemption import EXIT_PREEMPTED, Preempted
 from metatl.training.run_dir import lock_run_dir
+from tests.conftest import stoppable
 from tests.test_pretrain import tiny as tiny_pretrain
 from tests.test_resume import REPO, assert_same_tensors, tiny, wait_for_step
 
@@ -76,7 +77,7 @@ def test_sigterm_during_the_final_test_stops_and_resume_redoes_only_the_test(
     # 3 validations of 10 episodes, then the test's 10 episodes: stop at the test's 4th.
     signal_on_eval_call(monkeypatch, call=4, skip=30)
     with pytest.raises(Preempted, match=r"SIGTERM after step 12.*--resume") as stopped:
-        run_experiment(load_config(None, tiny(folder_dataset, tmp_path, "cut")))
+        stoppable(run_experiment, load_config(None, tiny(folder_dataset, tmp_path, "cut")))
     assert stopped.value.checkpoint == tmp_path / "cut" / "last.pt"
     assert not (tmp_path / "cut" / "results.json").exists()
     monkeypatch.undo()
@@ -97,7 +98,7 @@ def test_sigterm_during_validation_resumes_bit_identical(
     whole = run_experiment(load_config(None, tiny(folder_dataset, tmp_path, "whole")))
     signal_on_eval_call(monkeypatch, call=3, skip=10)  # the 3rd episode of step 8's validation
     with pytest.raises(Preempted, match=r"SIGTERM after step 8"):
-        run_experiment(load_config(None, tiny(folder_dataset, tmp_path, "cut")))
+        stoppable(run_experiment, load_config(None, tiny(folder_dataset, tmp_path, "cut")))
     last = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (last["step"], last["val_pending"]) == (8, True)
     monkeypatch.undo()
@@ -125,7 +126,9 @@ def test_sigterm_during_pretraining_validation_or_test(
     skip = 10 if where == "validation" else 30  # 10 validation episodes per epoch
     signal_on_eval_call(monkeypatch, call=2, skip=skip)
     with pytest.raises(Preempted, match="pretrain --resume"):
-        run_pretraining(load_config(None, tiny_pretrain(folder_dataset, tmp_path, "cut")))
+        stoppable(
+            run_pretraining, load_config(None, tiny_pretrain(folder_dataset, tmp_path, "cut"))
+        )
     last = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert last["val_pending"] == (where == "validation")
     monkeypatch.undo()
@@ -250,7 +253,7 @@ def test_a_run_resumes_from_another_directory_and_with_moved_data(
         monkeypatch.context() as patch,
     ):
         signal_on_eval_call(patch, call=2)  # during the first validation (step 4)
-        run_experiment(load_config(None, args))
+        stoppable(run_experiment, load_config(None, args))
     run = work / "runs" / "run"
     stored = load_checkpoint(run / "last.pt")["config"]["data"]["root"]
     assert stored == str(work / "data" / "patterns")
@@ -278,7 +281,7 @@ def test_resume_refuses_other_data(
     shutil.rmtree(sorted((other / "train").iterdir())[0])  # one train class fewer
     signal_on_eval_call(monkeypatch, call=2)
     with pytest.raises(Preempted):
-        run_experiment(load_config(None, tiny(folder_dataset, tmp_path, "run")))
+        stoppable(run_experiment, load_config(None, tiny(folder_dataset, tmp_path, "run")))
     monkeypatch.undo()
     intact = (tmp_path / "run" / "last.pt").read_bytes()
     assert train_cli.main(["--resume", str(tmp_path / "run"), "--data-root", str(other)]) == 2
@@ -375,3 +378,32 @@ def test_write_atomic_leaves_nothing_when_the_writer_fails(tmp_path: Path) -> No
     with pytest.raises(OSError, match="disk full"):
         write_atomic(tmp_path / "x.pt", fail)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the library is not the command line ----------------------------------------------------
+
+
+def test_a_library_run_installs_no_signal_handler(
+    folder_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook calling run_experiment keeps its own SIGINT/SIGTERM handling; the
+    entrypoints install theirs (issue 9, part 0)."""
+    seen = []
+    forward = ProtoNet.forward
+
+    def spy(self: ProtoNet, episode):
+        seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+        return forward(self, episode)
+
+    monkeypatch.setattr(ProtoNet, "forward", spy)
+    run_experiment(load_config(None, tiny(folder_dataset, tmp_path, "run", "train.steps=2")))
+    assert seen and set(seen) == {(signal.default_int_handler, signal.SIG_DFL)}
+    assert not (tmp_path / "run" / "report.md").exists()  # reports are the entrypoints' too
+
+
+def test_training_does_not_import_reports() -> None:
+    code = "import sys, metatl.training; print('metatl.reports' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

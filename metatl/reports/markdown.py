@@ -10,12 +10,15 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metatl.reports.extract import TestSummary, mean_ci
-
-if TYPE_CHECKING:
-    from metatl.training.evaluation import EvalResult
+from metatl.training.evaluation import (
+    EvalResult,
+    few_episodes_note,
+    format_paired_table,
+    format_table,
+)
 
 __all__ = ["render_run_report"]
 
@@ -42,9 +45,6 @@ def render_run_report(
     Returns:
         The report, ending in a newline.
     """
-    # Imported here: metatl.training may import this package to write its run reports.
-    from metatl.training.evaluation import format_paired_table
-
     checkpoint = results.get("checkpoint")
     title = f"# Evaluation of `{checkpoint}`" if checkpoint else f"# Run `{results.get('run_dir')}`"
     sections = [title, _summary(results)]
@@ -124,7 +124,6 @@ def _summary(results: Mapping[str, Any]) -> str:
 
 
 def _test_table(test: TestSummary, table: Mapping[str, Mapping[str, EvalResult]] | None) -> str:
-    from metatl.training.evaluation import EvalResult, few_episodes_note, format_table
 
     if table is not None:
         return format_table(table) if any(table.values()) else ""

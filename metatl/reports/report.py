@@ -6,16 +6,14 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from metatl.atomic_io import write_text_atomic
 from metatl.reports import plots as _plots
 from metatl.reports.extract import metric_series, shots_by_way
 from metatl.reports.markdown import render_run_report
 from metatl.tracking import read_jsonl
-
-if TYPE_CHECKING:
-    from metatl.training.evaluation import EvalResult
+from metatl.training.evaluation import EvalResult
 
 __all__ = ["write_run_report"]
 

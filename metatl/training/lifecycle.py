@@ -4,7 +4,7 @@
 run's lock and checkpoint, ``out_dir``, the device, every split of the data and, on resume,
 that it is the data the run trained on); :func:`open_run` then creates and locks the run
 directory, starts the tracker and stores the config. Both enter what they hold (locks,
-tracker, signal handlers) into the caller's :class:`contextlib.ExitStack`, so it is all
+tracker) into the caller's :class:`contextlib.ExitStack`, so it is all
 released, in reverse order, when the run ends however it ends.
 """
 
@@ -26,7 +26,7 @@ from metatl.config import RunConfig, config_to_dict
 from metatl.tracking import Tracker, create_tracker
 from metatl.training.data import load_splits
 from metatl.training.device import resolve_device
-from metatl.training.preemption import Preempted, StopRequest, stop_on_signals
+from metatl.training.preemption import Preempted, StopRequest
 from metatl.training.run_dir import (
     check_data_fingerprint,
     check_out_dir,
@@ -122,15 +122,21 @@ class OpenRun:
 
 
 def open_run(
-    hold: contextlib.ExitStack, start: RunStart, resume_command: str, prefix: str | None = None
+    hold: contextlib.ExitStack,
+    start: RunStart,
+    resume_command: str,
+    stop: StopRequest | None = None,
+    prefix: str | None = None,
 ) -> OpenRun:
-    """The run directory (new, or the resumed one), locked; its tracker; SIGTERM/SIGINT as a
-    stop request. A new run's ``config.yaml`` is written and its config logged.
+    """The run directory (new, or the resumed one), locked, and its tracker. A new run's
+    ``config.yaml`` is written and its config logged.
 
     Args:
-        hold: Receives the lock, the tracker's close and the signal handlers.
+        hold: Receives the lock and the tracker's close.
         start: What :func:`check_run` returned.
         resume_command: The command that resumes such a run, for messages.
+        stop: The caller's stop request (an entrypoint's, set by SIGTERM/SIGINT); None:
+            one that never fires.
         prefix: Start of a new run directory's automatic name (see :func:`new_run_dir`).
     """
     config, resume = start.config, start.resume
@@ -147,8 +153,7 @@ def open_run(
         tracker.log_config(config_to_dict(config))
     else:
         tracker.log({"resumed_from_step": resume["step"]}, resume["step"])
-    stop = hold.enter_context(stop_on_signals())
-    return OpenRun(run_dir, tracker, stop, resume_command)
+    return OpenRun(run_dir, tracker, stop if stop is not None else StopRequest(), resume_command)
 
 
 def start_tracker(config: RunConfig, run_dir: Path, *, resume: bool) -> Tracker:

@@ -7,10 +7,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -19,7 +19,6 @@ from episodes import Episode, EpisodeDataset, EpisodeSampler, EpisodeSpec, Label
 from metatl.algorithms import Learner
 from metatl.atomic_io import write_text_atomic
 from metatl.config import RunConfig, config_to_dict
-from metatl.reports import write_run_report
 from metatl.tracking import Tracker
 from metatl.training.builders import build_learner
 from metatl.training.checkpoint import (
@@ -251,6 +250,8 @@ def run_experiment(
     *,
     resume_dir: str | Path | None = None,
     data_root: str | None = None,
+    stop: StopRequest | None = None,
+    report: ReportWriter | None = None,
 ) -> RunResult:
     """Meta-train, then test the best checkpoint; everything lands in a new run directory.
 
@@ -263,18 +264,24 @@ def run_experiment(
         resume_dir: A run directory to continue from its ``last.pt``, in place.
         data_root: Where the data is now, if not at ``data.root`` (e.g. it moved since the
             run started); it must be the same data.
+        stop: Polled after every step and episode; when set, the run writes ``last.pt`` and
+            raises :class:`Preempted` (the entrypoints set it on SIGTERM/SIGINT, see
+            :func:`~metatl.training.preemption.stop_on_signals`; a library call installs
+            no signal handler).
+        report: Writes ``report.md`` and the plots at the end (the entrypoints pass
+            :func:`metatl.reports.write_run_report`).
 
     Raises:
         CheckpointError: ``resume_dir`` has no readable ``last.pt``, or other data.
         RunInUseError: Another process is writing to ``resume_dir``.
-        Preempted: SIGTERM/SIGINT arrived; ``last.pt`` is up to date.
+        Preempted: ``stop`` fired; ``last.pt`` is up to date.
     """
     with contextlib.ExitStack() as hold:
         start = check_run(
             hold, config, resume_dir=resume_dir, data_root=data_root, read_resume=_resume_point
         )
         learner, methods = _build(start)
-        run = open_run(hold, start, EpisodicSteps.resume_command)
+        run = open_run(hold, start, EpisodicSteps.resume_command, stop)
         config, splits = start.config, start.splits
         logger.info(
             "run directory %s; %d train classes, %d validation classes; %s, %s",
@@ -306,7 +313,7 @@ def run_experiment(
         steps = config.train.steps
         test = test_best(run, learner, learner, methods, splits["test"], config, steps)
         result = RunResult(run.run_dir, best_val, test)
-        finish_run(result, config, run.tracker, steps, {"train_time_s": train_time})
+        finish_run(result, config, run.tracker, steps, {"train_time_s": train_time}, report)
         return result
 
 
@@ -357,19 +364,38 @@ def test_best(
         ) from None
 
 
+class ReportWriter(Protocol):
+    """Writes a run's ``report.md`` and plots into ``run_dir``; returns the plots.
+
+    :func:`metatl.reports.write_run_report` is one; the entrypoints pass it, so that the
+    training library does not depend on the reports.
+    """
+
+    def __call__(
+        self, run_dir: Path, *, table: Mapping[str, Mapping[str, EvalResult]]
+    ) -> Sequence[Path]: ...
+
+
 def finish_run(
-    result: RunResult, config: RunConfig, tracker: Tracker, step: int, extra: dict[str, Any]
+    result: RunResult,
+    config: RunConfig,
+    tracker: Tracker,
+    step: int,
+    extra: dict[str, Any],
+    report: ReportWriter | None = None,
 ) -> None:
     """The end of every run: the test table logged at ``step``, ``results.json`` (with
-    ``extra``), the summary, ``report.md`` and the plots, logged and uploaded."""
+    ``extra``), the summary; with ``report``, ``report.md`` and the plots, logged and
+    uploaded."""
     run_dir = result.run_dir
     tracker.log(test_metrics(result.test), step)
     write_results(run_dir / "results.json", result, config, extra)
     tracker.log_summary(summary_metrics(result) | {"train_time_s": extra.get("train_time_s")})
-    for plot in write_run_report(run_dir, table=result.test):
-        tracker.log_image(plot.stem, plot, step=step)
-        tracker.log_artifact(plot)
-    tracker.log_artifact(run_dir / "report.md")
+    if report is not None:
+        for plot in report(run_dir, table=result.test):
+            tracker.log_image(plot.stem, plot, step=step)
+            tracker.log_artifact(plot)
+        tracker.log_artifact(run_dir / "report.md")
     tracker.log_artifact(run_dir / "best.pt")
 
 

@@ -45,6 +45,7 @@ from metatl.training.evaluation import EvalResult, build_methods, evaluate
 from metatl.training.lifecycle import RunStart, check_run, open_run
 from metatl.training.loop import NonFiniteLoss, TrainingLoop
 from metatl.training.meta_train import (
+    ReportWriter,
     RunResult,
     episode_specs,
     finish_run,
@@ -350,6 +351,8 @@ def run_pretraining(
     *,
     resume_dir: str | Path | None = None,
     data_root: str | None = None,
+    stop: StopRequest | None = None,
+    report: ReportWriter | None = None,
 ) -> RunResult:
     """Pretrain on the source split, then test the best backbone; all in one run directory.
 
@@ -363,6 +366,8 @@ def run_pretraining(
         resume_dir: A run directory to continue from its ``last.pt``, in place; the result
             equals (bit for bit on CPU) that of a run never interrupted.
         data_root: Where the data is now, if not at ``data.root``; it must be the same data.
+        stop: Polled after every step and episode (see :func:`run_experiment`).
+        report: Writes ``report.md`` and the plots at the end.
 
     Raises:
         ConfigError: A bad setting (before anything is written).
@@ -370,7 +375,7 @@ def run_pretraining(
             finished, or the data changed.
         RunInUseError: Another process is writing to ``resume_dir``.
         NonFiniteLossError: The loss became NaN or infinite.
-        Preempted: SIGTERM/SIGINT arrived; ``last.pt`` is up to date.
+        Preempted: ``stop`` fired; ``last.pt`` is up to date.
     """
     with contextlib.ExitStack() as hold:
         start = check_run(
@@ -379,7 +384,7 @@ def run_pretraining(
         config, splits = start.config, start.splits
         model, methods, eval_config = _build(start)
         prefix = f"pretrain-{config.model.backbone}-{config.data.dataset}"
-        run = open_run(hold, start, Pretrainer.resume_command, prefix)
+        run = open_run(hold, start, Pretrainer.resume_command, stop, prefix)
         trainer = Pretrainer(
             model,
             config,
@@ -407,7 +412,7 @@ def run_pretraining(
         test = test_best(run, model, learner, methods, splits["test"], eval_config, step)
         result = RunResult(run.run_dir, best_val, test)
         extra = {"kind": "pretrain", "train_time_s": train_time, "steps": step}
-        finish_run(result, config, run.tracker, step, extra)
+        finish_run(result, config, run.tracker, step, extra, report)
         return result
 
 
