@@ -1,0 +1,18 @@
+"""What transfers, and how well: measures for transfer learning from a source model.
+
+This package gathers the transfer-learning tools of metatl: freezing layers, the layer-transfer
+study (Yosinski et al. 2014), transferability scores and the advice built on them. Here now:
+
+- transferability scores of a source model on a labelled target set, higher meaning better
+  transfer expected (:func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`), and
+  :func:`kendall_tau` to ask how well a score ranks source models;
+- representation similarity between source and target, per block (:func:`linear_cka`,
+  :func:`mmd`).
+
+All are pure functions on tensors.
+"""
+
+from metatl.transfer.scores import h_score, kendall_tau, leep, logme, nce
+from metatl.transfer.similarity import linear_cka, mmd
+
+__all__ = ["h_score", "kendall_tau", "leep", "linear_cka", "logme", "mmd", "nce"]
