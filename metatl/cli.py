@@ -7,11 +7,15 @@ import logging
 import sys
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from metatl.config import ConfigError
-from metatl.training.preemption import EXIT_PREEMPTED, Interrupted
+from metatl.config import ConfigError, RunConfig
+from metatl.reports import write_run_report
+from metatl.training.preemption import EXIT_PREEMPTED, Interrupted, stop_on_signals
 
-__all__ = ["USER_ERRORS", "add_run_arguments", "check_resume", "run_main"]
+__all__ = ["USER_ERRORS", "add_run_arguments", "check_resume", "run_main", "start_run"]
+
+RunT = TypeVar("RunT")
 
 # Errors caused by the user's input: printed as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError)
@@ -67,4 +71,23 @@ def check_resume(args: Namespace, overrides: Sequence[str]) -> None:
         raise ConfigError(
             "--resume continues a run with the config it was started with; drop "
             f"--config and the overrides ({given}); if the data moved, use --data-root DIR"
+        )
+
+
+def start_run(run: Callable[..., RunT], config: RunConfig, args: Namespace) -> RunT:
+    """Call ``run`` (run_experiment, run_pretraining) as a command does: SIGTERM/SIGINT stop
+    it at the next step or episode with its checkpoint written, and it ends with its report.
+
+    Args:
+        run: The run function.
+        config: The new run's config (ignored with ``args.resume``).
+        args: ``resume`` and ``data_root`` from :func:`add_run_arguments`.
+    """
+    with stop_on_signals() as stop:
+        return run(
+            config,
+            resume_dir=args.resume,
+            data_root=args.data_root,
+            stop=stop,
+            report=write_run_report,
         )

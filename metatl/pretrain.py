@@ -7,10 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metatl.cli import add_run_arguments, check_resume, run_main
+from metatl.cli import add_run_arguments, check_resume, run_main, start_run
 from metatl.config import load_config
-from metatl.reports import write_run_report
-from metatl.training.preemption import stop_on_signals
 from metatl.training.pretrain import run_pretraining
 
 
@@ -33,14 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config()  # the run's own, read from its last.pt
         else:
             config = load_config(args.config, overrides, interpolate=args.interpolate)
-        with stop_on_signals() as stop:
-            result = run_pretraining(
-                config,
-                resume_dir=args.resume,
-                data_root=args.data_root,
-                stop=stop,
-                report=write_run_report,
-            )
+        result = start_run(run_pretraining, config, args)
         best = result.best_val
         ci = "n/a" if best["ci95"] is None else f"{100 * best['ci95']:.2f}"
         print(

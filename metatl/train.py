@@ -7,12 +7,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metatl.cli import add_run_arguments, check_resume, run_main
+from metatl.cli import add_run_arguments, check_resume, run_main, start_run
 from metatl.config import RunConfig, load_config
-from metatl.reports import write_run_report
 from metatl.tracking import sweep_overrides
 from metatl.training import run_experiment
-from metatl.training.preemption import stop_on_signals
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,14 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(
                 args.config, [*overrides, *sweep_overrides()], interpolate=args.interpolate
             )
-        with stop_on_signals() as stop:
-            result = run_experiment(
-                config,
-                resume_dir=args.resume,
-                data_root=args.data_root,
-                stop=stop,
-                report=write_run_report,
-            )
+        result = start_run(run_experiment, config, args)
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())
         return 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,6 +82,26 @@ def folder_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split, classes in (("train", range(24)), ("val", range(24, 32)), ("test", range(32, 40))):
         write_image_folder(root, everything.select_classes(list(classes)), split)
     return root
+
+
+class TookTooLong(BaseException):
+    """Raised by :func:`deadline`; a BaseException, so that no ``except Exception`` eats it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, what: str = "the block") -> Iterator[None]:
+    """Interrupt the block (SIGALRM) if it runs longer than ``seconds``: a hang fails."""
+
+    def expire(_signum: int, _frame: object) -> None:
+        raise TookTooLong(f"{what}: no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def stoppable(run, *args, **kwargs):

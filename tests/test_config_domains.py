@@ -12,10 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import typing
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import pytest
 from metatl import pretrain as pretrain_cli
 from metatl import train as train_cli
 from metatl.config import ConfigError, RunConfig, config_to_dict, flatten, load_config
+from tests.conftest import deadline
 
 NUMERIC = (int, float, list[int], list[float])
 
@@ -144,26 +143,6 @@ def test_a_number_runs_or_fails_early_naming_its_key(
         assert not out_dir.exists() or not any(out_dir.iterdir()), "a run directory was left"
         return
     assert_ran_correctly(out_dir / "run")
-
-
-class TookTooLong(BaseException):
-    """Raised by :func:`deadline`; a BaseException, so that no ``except Exception`` eats it."""
-
-
-@contextmanager
-def deadline(seconds: float, what: str) -> Iterator[None]:
-    """Interrupt the block (SIGALRM) if it runs longer than ``seconds``."""
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TookTooLong(f"{what}: the run did not end within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_one_line_naming(message: str, key: str) -> None:

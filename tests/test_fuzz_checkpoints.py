@@ -11,14 +11,12 @@ code and never changes the file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import pickle
 import pickletools
 import random
-import signal
 import struct
 import time
 import zipfile
@@ -38,6 +36,7 @@ from metatl.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from tests.conftest import TookTooLong, deadline
 
 SEED = 20240611
 SECONDS = 5.0  # per load
@@ -316,22 +315,6 @@ def all_cases(data: bytes, marker: Path) -> list[Case]:
 # ---- the run --------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def deadline(seconds: float) -> Iterator[None]:
-    """Raise TimeoutError in the block after ``seconds`` (SIGALRM; a hang fails the case)."""
-
-    def expire(_signum: int, _frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
@@ -355,6 +338,8 @@ def check(case: Case, directory: Path, marker: Path, expected: dict) -> tuple[st
     try:
         with deadline(SECONDS):
             result = load_checkpoint(target)
+    except TookTooLong:
+        return "hung", f"no answer within {SECONDS} s"
     except CheckpointError as err:
         message = str(err)
         outcome = "refused"
