@@ -46,7 +46,7 @@ from metatl.training.evaluation import (
 )
 from metatl.training.meta_train import test_metrics
 from metatl.training.preemption import stop_on_signals
-from metatl.training.run_dir import new_directory
+from metatl.training.run_dir import check_creatable_dir, new_directory
 
 logger = logging.getLogger("metatl.evaluate")
 
@@ -309,13 +309,7 @@ def _check_out_dir(path: Path, name: str) -> None:
     """``path`` is a directory or can be created as one."""
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{name} is a file, not a directory")
-    existing = path
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputPathError(f"{name}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{name}: {existing} is not writable")
+    check_creatable_dir(path, name)
 
 
 def _checkpoint_file(path: str) -> Path:

@@ -32,6 +32,7 @@ from metatl.training.checkpoint import CheckpointError, load_checkpoint
 __all__ = [
     "LOCK_FILE",
     "RunInUseError",
+    "check_creatable_dir",
     "check_data_fingerprint",
     "check_out_dir",
     "data_fingerprint",
@@ -56,16 +57,28 @@ def check_out_dir(config: RunConfig) -> None:
     Raises:
         ConfigError: ``out_dir`` (or a parent of it) is a file, or cannot be written.
     """
-    out_dir = Path(config.out_dir)
-    existing = out_dir
-    while not existing.exists():
-        if existing.parent == existing:
-            break
+    check_creatable_dir(Path(config.out_dir), f"out_dir={config.out_dir!r}")
+
+
+def check_creatable_dir(path: Path, name: str) -> None:
+    """``path`` is a directory or can be made one: its nearest existing ancestor (itself,
+    if it exists) is a writable directory.
+
+    Args:
+        path: The directory to check.
+        name: How the user gave it (``out_dir='runs'``, ``--out-dir x``), for the message.
+
+    Raises:
+        ConfigError: ``{name}: {ancestor} is a file, not a directory`` or ``... is not
+            writable``.
+    """
+    existing = path
+    while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"out_dir={config.out_dir!r}: {existing} is a file, not a directory")
+        raise ConfigError(f"{name}: {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"out_dir={config.out_dir!r}: {existing} is not writable")
+        raise ConfigError(f"{name}: {existing} is not writable")
 
 
 def new_run_dir(config: RunConfig, prefix: str | None = None) -> Path:
