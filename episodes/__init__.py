@@ -3,7 +3,7 @@
 This package depends on torch only (never on ``metatl``), so it can feed any learner.
 """
 
-from episodes.data import LabelledImages, resize_images
+from episodes.data import LabelledImages, merge_by_class, resize_images
 from episodes.episode import Episode
 from episodes.sampler import (
     EpisodeDataset,
@@ -21,5 +21,6 @@ __all__ = [
     "EpisodeSpec",
     "InfeasibleEpisodeError",
     "LabelledImages",
+    "merge_by_class",
     "resize_images",
 ]

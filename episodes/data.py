@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-__all__ = ["LabelledImages", "resize_images"]
+__all__ = ["LabelledImages", "merge_by_class", "resize_images"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,46 @@ class LabelledImages:
             name=name or self.name,
         )
 
+    def hold_out(self, fraction: float, seed: int) -> tuple[LabelledImages, LabelledImages]:
+        """Split every class's images into a training part and a held-out part.
+
+        Each class gives ``round(fraction * count)`` of its images (at least one, and at most
+        ``count - 1``) to the held-out part, chosen by a permutation seeded with ``seed`` and
+        the class name, so a class's split does not depend on which other classes are here.
+
+        Args:
+            fraction: Share of each class's images held out, in ``(0, 1)``.
+            seed: Seed of the choice.
+
+        Returns:
+            ``(train, held_out)`` with the same classes and labels, images in their order here.
+
+        Raises:
+            ValueError: A class has fewer than two images (it cannot be in both parts).
+        """
+        counts = self.class_counts()
+        short = [self.class_names[c] for c in range(self.num_classes) if counts[c] < 2]
+        if short:
+            raise ValueError(
+                f"{self.name}: {len(short)} class(es) have fewer than 2 images, so none can "
+                f"be held out for testing: {', '.join(short[:10])}"
+            )
+        held = torch.zeros(len(self), dtype=torch.bool)
+        by_class = torch.argsort(self.labels, stable=True)
+        starts = (torch.cumsum(counts, 0) - counts).tolist()
+        for label, name in enumerate(self.class_names):
+            members = by_class[starts[label] : starts[label] + int(counts[label])]
+            take = min(max(round(fraction * len(members)), 1), len(members) - 1)
+            generator = torch.Generator().manual_seed(_class_seed(seed, name))
+            held[members[torch.randperm(len(members), generator=generator)[:take]]] = True
+        parts = (
+            LabelledImages(
+                self.images[mask], self.labels[mask], self.class_names, f"{self.name}/{part}"
+            )
+            for mask, part in ((~held, "train"), (held, "held-out"))
+        )
+        return next(parts), next(parts)
+
     def resized(self, size: int) -> LabelledImages:
         """A copy with every image resized to ``size x size`` (see :func:`resize_images`)."""
         if self.image_shape[1:] == (size, size):
@@ -91,6 +132,35 @@ class LabelledImages:
         return LabelledImages(
             resize_images(self.images, size), self.labels, self.class_names, self.name
         )
+
+
+def merge_by_class(parts: Sequence[LabelledImages], name: str) -> LabelledImages:
+    """The images of ``parts`` in one collection; classes of the same name are one class.
+
+    Labels follow the order in which class names first appear (``parts`` in order).
+
+    Raises:
+        ValueError: No parts, or parts whose images differ in shape.
+    """
+    if not parts:
+        raise ValueError(f"{name}: nothing to merge")
+    shapes = {p.image_shape for p in parts}
+    if len(shapes) > 1:
+        raise ValueError(f"{name}: the parts hold images of different shapes {sorted(shapes)}")
+    names = list(dict.fromkeys(n for p in parts for n in p.class_names))
+    index = {n: i for i, n in enumerate(names)}
+    labels = [
+        torch.tensor([index[n] for n in p.class_names], dtype=torch.long)[p.labels] for p in parts
+    ]
+    return LabelledImages(
+        torch.cat([p.images for p in parts]), torch.cat(labels), tuple(names), name
+    )
+
+
+def _class_seed(seed: int, class_name: str) -> int:
+    """A 63-bit seed from ``seed`` and a class name (stable across runs and platforms)."""
+    digest = hashlib.sha256(f"{seed}\0{class_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def resize_images(images: torch.Tensor, size: int, chunk: int = 4096) -> torch.Tensor:

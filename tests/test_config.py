@@ -24,8 +24,9 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert isinstance(config, RunConfig)
     assert config.data.dataset == "glyphs"
     prefix = path.name.split("_")[0]
-    # pretrain_*: python -m metatl.pretrain, where model.algorithm plays no part
-    assert prefix == "pretrain" or config.model.algorithm in prefix
+    # pretrain_* and layers_* (python -m metatl.pretrain, metatl.transfer layers) train
+    # supervised networks: model.algorithm plays no part there
+    assert prefix in ("pretrain", "layers") or config.model.algorithm in prefix
     if config.model.algorithm in ("linear", "finetune"):
         assert config.train.steps == 0
 

@@ -48,6 +48,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
     "precision": ("fp32", "bf16", "fp16"),
 }
+# Keys whose value is a non-empty list of distinct items, each one of these.
+LIST_CHOICES: dict[str, tuple[str, ...]] = {
+    "layers.splits": ("random", "stroke", "radical", "groups"),
+    "layers.treatments": ("BnB", "BnB+", "AnB", "AnB+", "random"),
+}
 NOT_META_TRAINED = ("linear", "finetune")
 MAX_NAME_BYTES = 200  # a file name has 255; leave room for new_directory's "-N"
 
@@ -201,12 +206,25 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(
                 f"{key}={values[key]!r} is not allowed; choose one of: {', '.join(allowed)}"
             )
+    for key, allowed in LIST_CHOICES.items():
+        _check_list_choice(key, values[key], allowed)
     _check_name(config.name)
     _check_learner(config)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", config.device):
         raise ConfigError(
             f"device={config.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps"
         )
+
+
+def _check_list_choice(key: str, items: list[str], allowed: tuple[str, ...]) -> None:
+    unknown = [item for item in items if item not in allowed]
+    if unknown or not items or len(set(items)) < len(items):
+        problem = (
+            f"has {', '.join(map(repr, unknown))}, not allowed"
+            if unknown
+            else ("is empty" if not items else "names an item twice")
+        )
+        raise ConfigError(f"{key}={items} {problem}; choose one or more of: {', '.join(allowed)}")
 
 
 def _check_learner(config: RunConfig) -> None:

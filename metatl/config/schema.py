@@ -18,6 +18,7 @@ __all__ = [
     "DataConfig",
     "EpisodesConfig",
     "FineTuneConfig",
+    "LayersConfig",
     "LinearProbeConfig",
     "MAMLConfig",
     "ModelConfig",
@@ -191,6 +192,36 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class LayersConfig:
+    """``python -m metatl.transfer layers``: the layer-transfer study of Yosinski et al. 2014.
+
+    The classes of the ``pool`` splits are split into tasks A and B by each of ``splits``;
+    each class keeps a ``held_out`` fraction of its images for testing. For every split and
+    seed, baseA and baseB are trained from scratch (with the ``pretrain`` settings), then for
+    n = ``first_n`` .. ``last_n`` each of ``treatments``: BnB / AnB (the first n blocks copied
+    from baseB / baseA and frozen, the rest re-initialised and trained on B), BnB+ / AnB+ (the
+    same, everything fine-tuned) and ``random`` (the first n blocks random and frozen).
+    """
+
+    # random (similar tasks) | stroke | radical (dissimilar; Unihan) | groups (groups_file)
+    splits: list[str] = field(default_factory=lambda: ["random", "stroke"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata=between(0, SEED))
+    treatments: list[str] = field(default_factory=lambda: ["BnB", "BnB+", "AnB", "AnB+", "random"])
+    first_n: int = field(default=1, metadata=between(1, 1000))
+    last_n: int = field(default=0, metadata=between(0, 1000, "0: the backbone's blocks - 1"))
+    # The data splits whose classes form the pool that A and B are drawn from.
+    pool: list[str] = field(default_factory=lambda: ["train", "val", "test"])
+    # Classes per task kept (a seeded sample of each half); 0: all.
+    max_classes: int = field(default=0, metadata=between(0, 10_000_000, "0: all"))
+    held_out: float = field(default=0.2, metadata=positive(0.9))
+    # For splits=[groups]: a CSV file of "class,group" lines, and the groups that form task A.
+    groups_file: str = ""
+    a_groups: list[str] = field(default_factory=list)
+    # Unihan data (a Unihan.zip or a folder of Unihan_*.txt[.bz2]); "": Debian's unicode-data.
+    unihan: str = ""
+
+
+@dataclass(frozen=True)
 class WandbConfig:
     """Weights & Biases. ``mode=auto``: online when an API key is configured, else offline
     (sync later with ``wandb sync``)."""
@@ -223,6 +254,7 @@ class RunConfig:
     linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    layers: LayersConfig = field(default_factory=LayersConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = field(default=0, metadata=between(0, SEED))
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps

@@ -90,6 +90,25 @@ class SupervisedModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.classifier = nn.Linear(backbone.out_dim, num_classes)
+        self.frozen_blocks = 0
+
+    def freeze_blocks(self, n: int) -> None:
+        """Fix the first ``n`` of ``backbone.blocks``: their parameters get no gradient and
+        their BatchNorm layers keep their running statistics (eval mode) even while the rest
+        trains, so the features they compute do not change at all."""
+        blocks = self.backbone.blocks
+        if not 0 <= n <= len(blocks):
+            raise ValueError(f"cannot freeze {n} blocks of a backbone with {len(blocks)}")
+        for block in blocks[:n]:
+            block.requires_grad_(False)
+        self.frozen_blocks = n
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> SupervisedModel:
+        super().train(mode)
+        for block in self.backbone.blocks[: self.frozen_blocks]:
+            block.train(False)
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` images -> ``[B, num_classes]`` logits."""
@@ -178,7 +197,10 @@ class Pretrainer:
         self.model = model.to(self.device, memory_format=self.memory_format)
         p = config.pretrain
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+            [w for w in self.model.parameters() if w.requires_grad],
+            lr=p.lr,
+            momentum=p.momentum,
+            weight_decay=p.weight_decay,
         )
         self.scaler = grad_scaler(self.device, config.precision)
         self.transform = ImageTransform(model.backbone.input_spec)
