@@ -275,3 +275,31 @@ def test_bad_studies_are_refused_before_anything_is_written(
     assert not any(tmp_path.iterdir())
     with pytest.raises(CheckpointError, match="not a layer study"):
         run_layer_study(load_config(), resume_dir=tmp_path)
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+def test_the_command_runs_a_quick_study_and_writes_its_report(
+    folder_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from metatl.transfer.__main__ import main
+
+    args = small(folder_dataset, tmp_path, "cli", "layers.last_n=1")
+    assert main(["layers", "--quick", *args]) == 0
+    study = tmp_path / "cli"
+    assert f"layer study {study}: 5 runs" in capsys.readouterr().out
+    report = (study / "report.md").read_text()
+    assert "## Findings" in report and "| baseB |" in report
+    config = (study / "config.yaml").read_text()
+    assert "max_classes: 40" in config  # --quick's, and the overrides after it win:
+    assert "epochs: 2" in config
+    tracked = (study / "metrics.jsonl").read_text()  # the study's own tracker (and W&B)
+    assert '"layers/finding/generality"' in tracked and '"key": "layers/figure2"' in tracked
+
+    assert main(["layers", "--resume", str(study), "--quick"]) == 2
+    assert "--resume continues a run with the config" in capsys.readouterr().err
+    assert main(["layers", *small(folder_dataset, tmp_path, "bad", "layers.splits=[colour]")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: layers.splits=['colour'] has 'colour', not allowed")
+    assert not (tmp_path / "bad").exists()
