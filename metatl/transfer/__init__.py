@@ -7,12 +7,23 @@ study (Yosinski et al. 2014), transferability scores and the advice built on the
   transfer expected (:func:`logme`, :func:`leep`, :func:`nce`, :func:`h_score`), and
   :func:`kendall_tau` to ask how well a score ranks source models;
 - representation similarity between source and target, per block (:func:`linear_cka`,
-  :func:`mmd`).
-
-All are pure functions on tensors.
+  :func:`mmd`) — these are pure functions on tensors;
+- the layer-transfer study (:func:`run_layer_study`, ``python -m metatl.transfer layers``):
+  which blocks are general, which specific, and which of the paper's findings hold.
 """
 
 from metatl.transfer.scores import h_score, kendall_tau, leep, logme, nce
 from metatl.transfer.similarity import linear_cka, mmd
+from metatl.transfer.study import StudyResult, run_layer_study
 
-__all__ = ["h_score", "kendall_tau", "leep", "linear_cka", "logme", "mmd", "nce"]
+__all__ = [
+    "StudyResult",
+    "h_score",
+    "kendall_tau",
+    "leep",
+    "linear_cka",
+    "logme",
+    "mmd",
+    "nce",
+    "run_layer_study",
+]
