@@ -17,12 +17,19 @@ class Episode:
     episode label ``k``. Images may be uint8 (straight from the cache) or float (after a
     transform).
 
+    An episode drawn from a dataset (:class:`~episodes.EpisodeDataset`) also records which
+    dataset items its images are, so that per-image work (e.g. frozen features) can be
+    computed once per item and shared across episodes; a hand-built episode may leave them
+    ``None``.
+
     Attributes:
         support_x: ``[n_support, C, H, W]``.
         support_y: int64 ``[n_support]``, values in ``0 .. n_way - 1``.
         query_x: ``[n_query_total, C, H, W]``.
         query_y: int64 ``[n_query_total]``, values in ``0 .. n_way - 1``.
         classes: int64 ``[n_way]``, the dataset class id of each episode label.
+        support_idx: int64 ``[n_support]``, the dataset index of each support image, or None.
+        query_idx: int64 ``[n_query_total]``, the dataset index of each query image, or None.
     """
 
     support_x: torch.Tensor
@@ -30,6 +37,8 @@ class Episode:
     query_x: torch.Tensor
     query_y: torch.Tensor
     classes: torch.Tensor
+    support_idx: torch.Tensor | None = None
+    query_idx: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -56,8 +65,22 @@ class Episode:
         for name in ("support_y", "query_y", "classes"):
             if getattr(self, name).dtype != torch.int64:
                 problems.append(f"{name} must be int64, got {getattr(self, name).dtype}")
+        problems += self._index_problems()
         if problems:
             raise ValueError("invalid Episode: " + "; ".join(problems))
+
+    def _index_problems(self) -> list[str]:
+        """What is wrong with ``support_idx`` / ``query_idx`` (each optional)."""
+        problems = []
+        for name, images in (("support_idx", self.support_x), ("query_idx", self.query_x)):
+            idx = getattr(self, name)
+            if idx is None:
+                continue
+            if idx.shape != (images.shape[0],):
+                problems.append(f"{name} must be [{images.shape[0]}], got {tuple(idx.shape)}")
+            if idx.dtype != torch.int64:
+                problems.append(f"{name} must be int64, got {idx.dtype}")
+        return problems
 
     @property
     def n_way(self) -> int:
@@ -72,15 +95,15 @@ class Episode:
         return int(self.query_x.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Episode:
-        """A copy with every tensor on ``device``."""
-        return replace(
-            self,
-            **{
-                f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                for f in fields(self)
-            },
-        )
+        """A copy with every tensor on ``device`` (absent indices stay ``None``)."""
+        moved = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                moved[f.name] = value.to(device, non_blocking=non_blocking)
+        return replace(self, **moved)
 
     def map_images(self, fn) -> Episode:
-        """A copy with ``fn`` applied to ``support_x`` and ``query_x`` (e.g. a transform)."""
+        """A copy with ``fn`` applied to ``support_x`` and ``query_x`` (e.g. a transform);
+        the indices still name the same dataset items."""
         return replace(self, support_x=fn(self.support_x), query_x=fn(self.query_x))

@@ -210,7 +210,8 @@ class EpisodeDataset(Dataset[Episode]):
     """Map-style dataset of episodes: item ``i`` is episode ``i`` of the sampler's stream.
 
     Use with ``DataLoader(dataset, batch_size=None, num_workers=k)``: each episode is built
-    where it is loaded, and is the same for any ``k``.
+    where it is loaded, and is the same for any ``k``. Its ``support_idx`` and ``query_idx``
+    are the items' indices in ``data``.
 
     Args:
         data: The images to draw from.
@@ -244,6 +245,8 @@ class EpisodeDataset(Dataset[Episode]):
             query_x=query_x,
             query_y=idx.query_labels(),
             classes=idx.classes,
+            support_idx=idx.support,
+            query_idx=idx.query,
         )
 
     @classmethod

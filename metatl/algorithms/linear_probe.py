@@ -210,17 +210,34 @@ class LinearProbe(Learner[LinearHead]):
             return frozen_view(self.backbone)(x)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> LinearHead:
-        return fit_linear_head(
-            self.features(support_x),
-            support_y,
-            n_way,
-            self.normalize,
-            self.weight_decay,
-            self.max_iter,
-        )
+        return self.adapt_features(self.features(support_x), support_y, n_way)
 
     def predict(self, query_x: torch.Tensor, state: LinearHead) -> torch.Tensor:
-        return state.logits(self.features(query_x))
+        return self.predict_features(self.features(query_x), state)
+
+    def frozen_feature_extractor(self) -> nn.Module:
+        """The backbone, always: :meth:`features` is its eval-mode output, a fixed function of
+        each image alone, so the head may be fitted on cached features with
+        :meth:`adapt_features` and applied with :meth:`predict_features`."""
+        return self.backbone
+
+    def adapt_features(
+        self, support_f: torch.Tensor, support_y: torch.Tensor, n_way: int
+    ) -> LinearHead:
+        """:meth:`adapt` on features already computed: fit the head.
+
+        Args:
+            support_f: ``[n_support, D]`` frozen features (:meth:`features`) of the support.
+            support_y: int64 ``[n_support]`` in ``0 .. n_way - 1``.
+            n_way: Number of classes in the episode.
+        """
+        return fit_linear_head(
+            support_f, support_y, n_way, self.normalize, self.weight_decay, self.max_iter
+        )
+
+    def predict_features(self, query_f: torch.Tensor, state: LinearHead) -> torch.Tensor:
+        """:meth:`predict` on ``[n_query, D]`` query features: ``[n_query, n_way]`` logits."""
+        return state.logits(query_f)
 
     def extra_repr(self) -> str:
         return (

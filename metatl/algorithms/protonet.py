@@ -48,12 +48,36 @@ class ProtoNet(Learner[PrototypeState]):
         )
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, n_way: int) -> PrototypeState:
-        return PrototypeState(
-            prototypes(_full_precision(self.backbone(support_x)), support_y, n_way)
-        )
+        return self.adapt_features(self.backbone(support_x), support_y, n_way)
 
     def predict(self, query_x: torch.Tensor, state: PrototypeState) -> torch.Tensor:
-        return self.logits(self.backbone(query_x), state.prototypes)
+        return self.predict_features(self.backbone(query_x), state)
+
+    def frozen_feature_extractor(self) -> nn.Module | None:
+        """The backbone while in eval mode: then every image's embedding is a fixed function
+        of that image alone (BatchNorm running statistics, no dropout), and the logits depend
+        on the images only through it, so they may be computed from cached features with
+        :meth:`adapt_features` and :meth:`predict_features`. None in training mode, where
+        BatchNorm normalises with the statistics of the whole episode."""
+        if self.training or any(m.training for m in self.backbone.modules()):
+            return None
+        return self.backbone
+
+    def adapt_features(
+        self, support_f: torch.Tensor, support_y: torch.Tensor, n_way: int
+    ) -> PrototypeState:
+        """:meth:`adapt` on embeddings already computed.
+
+        Args:
+            support_f: ``[n_support, D]`` backbone features of the support images.
+            support_y: int64 ``[n_support]`` in ``0 .. n_way - 1``.
+            n_way: Number of classes in the episode.
+        """
+        return PrototypeState(prototypes(_full_precision(support_f), support_y, n_way))
+
+    def predict_features(self, query_f: torch.Tensor, state: PrototypeState) -> torch.Tensor:
+        """:meth:`predict` on ``[n_query, D]`` query features: ``[n_query, n_way]`` logits."""
+        return self.logits(query_f, state.prototypes)
 
     def logits(self, features: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
         """``[n_query, D]`` features and ``[n_way, D]`` prototypes -> ``[n_query, n_way]``.
@@ -71,9 +95,9 @@ class ProtoNet(Learner[PrototypeState]):
         # One backbone pass over support and query together: BatchNorm in training mode
         # then sees a single batch, as in the reference implementation.
         n_support = episode.n_support
-        features = _full_precision(self.backbone(torch.cat([episode.support_x, episode.query_x])))
-        protos = prototypes(features[:n_support], episode.support_y, episode.n_way)
-        return self.logits(features[n_support:], protos)
+        features = self.backbone(torch.cat([episode.support_x, episode.query_x]))
+        state = self.adapt_features(features[:n_support], episode.support_y, episode.n_way)
+        return self.predict_features(features[n_support:], state)
 
 
 def _full_precision(x: torch.Tensor) -> torch.Tensor:

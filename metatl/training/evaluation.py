@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,13 +31,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from episodes import EpisodeDataset, EpisodeSpec, LabelledImages
+from episodes import Episode, EpisodeDataset, EpisodeSpec, LabelledImages
 from metatl.algorithms import MAML, FineTune, Learner, LinearProbe, ProtoNet
-from metatl.backbones import create_backbone
+from metatl.backbones import InputSpec, create_backbone
 from metatl.config import RunConfig
 from metatl.functional import MIN_EPISODES_FOR_CI, accuracy, mean_confidence_interval
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, resolve_device
+from metatl.training.feature_cache import FeatureCache
 from metatl.training.preemption import StopRequest
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "UnknownMethodError",
     "build_methods",
     "default_methods",
+    "episode_logits",
     "evaluate",
     "evaluate_learners",
     "evaluate_methods",
@@ -55,6 +58,8 @@ __all__ = [
     "paired_difference",
     "register_method",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,10 +103,20 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     stop: StopRequest | None = None,
+    feature_cache: bool = True,
 ) -> dict[str, EvalResult]:
     """Score each learner on the same ``num_episodes`` episodes drawn with ``seed``.
 
     Episodes are drawn once and fed to every learner, so the comparison is paired.
+
+    Learners that depend on the images only through a frozen feature map (ProtoNet in eval
+    mode, the linear probe; see :mod:`metatl.training.feature_cache`) are served from one
+    :class:`~metatl.training.feature_cache.FeatureCache` for the call: each image's
+    features are computed at most once per (backbone, transform) and shared by all such
+    learners, instead of once per episode and learner. Their logits are those of the
+    uncached path up to the batch composition of the backbone's passes (bit-identical
+    where the backbone's kernels do not depend on the batch size, as Conv-4 on the CPU);
+    other learners (fine-tuning, MAML) run as before.
 
     Args:
         learners: Method name -> learner (set to eval mode here).
@@ -114,6 +129,8 @@ def evaluate(
         device: Where the learners run.
         precision: ``fp32``, or ``bf16``/``fp16`` autocast (as in training).
         stop: Polled before every episode; when set, :class:`Interrupted` is raised.
+        feature_cache: Serve qualifying learners from cached features (``False``: run the
+            backbone on every episode for every learner, as before).
 
     Returns:
         Method name -> :class:`EvalResult`.
@@ -125,6 +142,7 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=None, num_workers=workers)
     per_method: dict[str, list[float]] = {name: [] for name in learners}
     transforms = transform if isinstance(transform, Mapping) else dict.fromkeys(learners, transform)
+    cache = FeatureCache(data.images, device, precision) if feature_cache else None
     for learner in learners.values():
         learner.eval()
     bar = tqdm(
@@ -138,16 +156,56 @@ def evaluate(
     for raw in bar:
         if stop is not None:
             stop.check()
+        query_y = raw.query_y.to(device)
         for name, learner in learners.items():
-            fn = transforms[name]
-            episode = (raw.map_images(fn) if fn is not None else raw).to(device)
             with torch.set_grad_enabled(learner.needs_grad_to_adapt), autocast(device, precision):
-                logits = learner(episode)
-            per_method[name].append(float(accuracy(logits, episode.query_y)))
+                logits = episode_logits(learner, raw, transforms[name], device, cache)
+            per_method[name].append(float(accuracy(logits, query_y)))
+    if cache is not None and len(cache):
+        logger.debug(
+            "feature cache: %d images through %d extractor(s), %.1f MiB",
+            cache.computed,
+            len(cache),
+            cache.nbytes / 2**20,
+        )
     episode_set = (
         f"{data.name} ({data.num_classes} classes), {spec}, seed {seed}, {num_episodes} episodes"
     )
     return {name: EvalResult.from_accuracies(v, episode_set) for name, v in per_method.items()}
+
+
+def episode_logits(
+    learner: Learner,
+    raw: Episode,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    device: torch.device | str,
+    cache: FeatureCache | None = None,
+) -> torch.Tensor:
+    """``[n_query, n_way]`` logits of ``learner`` on one episode, as :func:`evaluate` scores it.
+
+    From ``cache`` when the learner qualifies (:meth:`FeatureCache.extractor_for`) and the
+    episode knows its images' dataset indices; otherwise ``learner(episode)`` on the
+    transformed episode. Grad mode and autocast are the caller's.
+
+    Args:
+        learner: In eval mode.
+        raw: The episode as sampled (uint8 images, ``support_idx``/``query_idx`` into the
+            split that ``cache`` holds).
+        transform: The learner's image transform, or None.
+        device: Where the learner runs.
+        cache: Features of the split, or None for the uncached path.
+    """
+    extractor = None
+    if cache is not None and raw.support_idx is not None and raw.query_idx is not None:
+        extractor = cache.extractor_for(learner, transform)
+    if extractor is None:
+        episode = (raw.map_images(transform) if transform is not None else raw).to(device)
+        return learner(episode)
+    assert cache is not None and raw.support_idx is not None and raw.query_idx is not None
+    features = cache.features(extractor, transform, torch.cat([raw.support_idx, raw.query_idx]))
+    n_support = raw.n_support
+    state = learner.adapt_features(features[:n_support], raw.support_y.to(device), raw.n_way)
+    return learner.predict_features(features[n_support:], state)
 
 
 def paired_difference(a: EvalResult, b: EvalResult) -> tuple[float, float]:
@@ -352,7 +410,13 @@ def evaluate_learners(
     tcfg = config.test
     device = resolve_device(config.device)
     learners = {n: m.to(device) for n, m in learners.items()}
-    transforms = {n: ImageTransform(m.backbone.input_spec) for n, m in learners.items()}
+    # One transform object per input spec: learners on the same backbone then share its
+    # cached features (the cache keys on the transform's identity).
+    by_spec: dict[InputSpec, ImageTransform] = {}
+    transforms = {
+        n: by_spec.setdefault(m.backbone.input_spec, ImageTransform(m.backbone.input_spec))
+        for n, m in learners.items()
+    }
     table: dict[str, dict[str, EvalResult]] = {}
     for shot in shots or tcfg.shots:
         table[f"{tcfg.way}-way {shot}-shot"] = evaluate(
