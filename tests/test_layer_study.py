@@ -327,3 +327,26 @@ def test_the_example_runs_a_quick_study_on_blobs_and_stripes(tmp_path: Path) -> 
     assert len(verdicts) == 6
     (study,) = tmp_path.iterdir()
     assert (study / "report.md").is_file() and (study / "figure3.png").is_file()
+
+
+def test_every_network_is_a_wandb_run_of_its_own_in_the_study_group(
+    folder_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(name, str(tmp_path / "wandb-home"))
+    extra = ("layers.treatments=[AnB]", "layers.last_n=1", "tracking.wandb.mode=offline")
+    run_layer_study(load_config(None, small(folder_dataset, tmp_path, "wb", *extra)))
+    study = tmp_path / "wb"
+    ids = {
+        path.parent.name: path.read_text().strip()
+        for path in [study / "wandb_run_id", *study.glob("runs/*/*/*/wandb_run_id")]
+    }
+    assert set(ids) == {"wb", "baseA", "baseB", "AnB-n1"}
+    assert len(set(ids.values())) == 4  # the summary and each network: a W&B run each
+    config = json.loads(
+        (study / "runs/random/seed0/AnB-n1/metrics.jsonl").read_text().split("\n")[0]
+    )
+    assert config["config"]["tracking"]["wandb"]["group"] == "wb"

@@ -122,8 +122,6 @@ def run_layer_study(
     """
     with contextlib.ExitStack() as hold:
         study_dir, study = _open(hold, config, resume_dir, data_root)
-        tracker = _study_tracker(study.config, study_dir, resume=resume_dir is not None)
-        hold.callback(tracker.close)
         records = read_results(study_dir)
         done = {r["run"] for r in records}
         for run in study.plan:
@@ -137,7 +135,6 @@ def run_layer_study(
             )
             study.meta["wall_time_s"] += time.perf_counter() - started
             write_text_atomic(study_dir / "study.json", json.dumps(study.meta, indent=2))
-            tracker.log(_flat_record(record), len(records))
             logger.info(
                 "%d/%d %s: %.2f%% on held-out images of %s",
                 len(records),
@@ -146,6 +143,12 @@ def run_layer_study(
                 100 * record["accuracy"],
                 record["task"],
             )
+        # Opened only now: while a W&B run is active, a new tracker joins it (as in a sweep
+        # agent), and each network of the study must be a W&B run of its own in the group.
+        tracker = _study_tracker(study.config, study_dir, resume=resume_dir is not None)
+        hold.callback(tracker.close)
+        for position, record in enumerate(records, start=1):
+            tracker.log(_flat_record(record), position)
         if report is not None:
             report(study_dir, records, study.meta, tracker)
         return StudyResult(study_dir, records, study.meta)
