@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from metatl.backbones import create_backbone
+from metatl.backbones import create_backbone, load_pretrained
 from metatl.config import DataConfig, load_config
 from metatl.training import load_checkpoint, load_split, run_experiment
 from metatl.transfer.features import block_scores
@@ -28,15 +28,12 @@ from metatl.transfer.features import block_scores
 
 def trained_backbone(run: Path, channels: int, size: int) -> torch.nn.Module:
     """The backbone of a run's ``best.pt`` (meta-trained or pretrained)."""
-    checkpoint = load_checkpoint(run)
-    model = checkpoint["config"]["model"]
+    best = run / "best.pt" if run.is_dir() else run
+    model = load_checkpoint(best)["config"]["model"]
     backbone = create_backbone(
         model["backbone"], in_channels=channels, image_size=model["input_size"] or size
     )
-    prefix = "backbone."
-    weights = {k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)}
-    backbone.load_state_dict(weights)
-    return backbone
+    return load_pretrained(backbone, best)
 
 
 def quick_run(root: Path) -> tuple[Path, DataConfig]:

@@ -320,14 +320,16 @@ class TaskTrainer(Pretrainer):
 
 def run_config(config: RunConfig, run: StudyRun, group: str) -> RunConfig:
     """The config one run of the study is trained with: the study's, with the study seed,
-    and tracked in W&B as ``<key>`` in the study's group."""
+    and tracked in W&B as ``<group>/<key>`` in the study's group."""
+    tracked = in_study_group(config, group, f"{group}/{run.key}")
+    return dataclasses.replace(tracked, seed=run.seed, name="")
+
+
+def in_study_group(config: RunConfig, group: str, name: str) -> RunConfig:
+    """``config`` tracked in W&B as run ``name`` of the study's group (``group`` unless
+    ``tracking.wandb.group`` names one), tagged ``layers``."""
     wandb = config.tracking.wandb
     wandb = dataclasses.replace(
-        wandb, group=wandb.group or group, name=f"{group}/{run.key}", tags=[*wandb.tags, "layers"]
+        wandb, group=wandb.group or group, name=name, tags=[*wandb.tags, "layers"]
     )
-    return dataclasses.replace(
-        config,
-        seed=run.seed,
-        name="",
-        tracking=dataclasses.replace(config.tracking, wandb=wandb),
-    )
+    return dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, wandb=wandb))

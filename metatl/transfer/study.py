@@ -19,7 +19,6 @@ runs are skipped, an interrupted run resumes from its ``last.pt`` exactly.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import time
@@ -52,6 +51,7 @@ from metatl.transfer.layers import (
     TaskTrainer,
     build_run_model,
     class_pool,
+    in_study_group,
     make_tasks,
     n_values,
     run_config,
@@ -267,12 +267,7 @@ def _write_plan(study_dir: Path, study: _Study) -> None:
 
 
 def _study_tracker(config: RunConfig, study_dir: Path, *, resume: bool) -> Tracker:
-    wandb = config.tracking.wandb
-    group = wandb.group or study_dir.name
-    wandb = dataclasses.replace(wandb, group=group, name=f"{study_dir.name}/summary")
-    tracked = dataclasses.replace(
-        config, tracking=dataclasses.replace(config.tracking, wandb=wandb)
-    )
+    tracked = in_study_group(config, study_dir.name, f"{study_dir.name}/summary")
     tracker = create_tracker(tracked, study_dir, resume=resume)
     if not resume:
         tracker.log_config(config_to_dict(config))
