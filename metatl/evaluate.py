@@ -28,11 +28,11 @@ from episodes import LabelledImages
 from metatl.algorithms import MAML_VARIANTS, Learner
 from metatl.atomic_io import write_text_atomic
 from metatl.cli import run_main
-from metatl.config import ConfigError, RunConfig, config_to_dict, flatten, parse_overrides
+from metatl.config import ConfigError, RunConfig, config_to_dict, parse_overrides
 from metatl.reports import write_run_report
 from metatl.tracking import create_tracker
-from metatl.training import build_learner, load_checkpoint, load_split
-from metatl.training.checkpoint import CheckpointError, checkpoint_config
+from metatl.training import load_checkpoint, load_split
+from metatl.training.checkpoint import checkpoint_config
 from metatl.training.evaluation import (
     EvalResult,
     build_methods,
@@ -46,6 +46,7 @@ from metatl.training.evaluation import (
 )
 from metatl.training.meta_train import test_metrics
 from metatl.training.preemption import stop_on_signals
+from metatl.training.restore import learner_from_checkpoint
 from metatl.training.run_dir import check_creatable_dir, new_directory
 
 logger = logging.getLogger("metatl.evaluate")
@@ -174,7 +175,7 @@ def _learners(
     labels = _labels(checkpoints)
     learners: dict[str, Learner] = {}
     for i, (checkpoint, file, config) in enumerate(zip(loaded, checkpoints, configs, strict=True)):
-        learner = _learner(checkpoint, file, config, split)
+        learner = learner_from_checkpoint(checkpoint, file, config, split.image_shape)
         names = list(methods) or default_methods(config)
         if i:  # raw pixels do not depend on the checkpoint: score them once
             names = [n for n in names if n != "pixels"]
@@ -392,75 +393,6 @@ def _labels(checkpoints: Sequence[Path]) -> list[str]:
     """Each checkpoint's run directory name, numbered where names repeat."""
     names = [c.parent.name for c in checkpoints]
     return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
-
-
-def _learner(
-    checkpoint: Mapping[str, Any], file: Path, config: RunConfig, split: LabelledImages
-) -> Learner:
-    """The checkpoint's learner, built from ``config`` and loaded with its weights.
-
-    Raises:
-        CheckpointError: The weights do not fit the model ``config`` builds (one line,
-            naming the file, what differs and the overrides that may be the cause).
-    """
-    channels, size, _ = split.image_shape
-    # The checkpoint holds every weight: no need to resolve model.pretrained again.
-    model = dataclasses.replace(config.model, pretrained="")
-    learner = build_learner(
-        dataclasses.replace(config, model=model), channels, size, n_way=config.episodes.way
-    )
-    state = checkpoint["model"]
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"checkpoint {file} holds no model weights")
-    if checkpoint.get("kind") == "pretrain":  # a backbone and its pretraining classifier
-        state = {k: v for k, v in state.items() if str(k).startswith("backbone.")}
-    problem = _misfit(state, learner.state_dict())
-    if not problem:
-        try:
-            learner.load_state_dict(state)
-        except (RuntimeError, TypeError, ValueError):
-            problem = "its weights cannot be loaded"
-    if problem:
-        stored = flatten(config_to_dict(checkpoint_config(checkpoint, file)))
-        now = flatten(config_to_dict(config))
-        changed = [
-            f"{k}={now[k]}"
-            for k in now
-            if k.startswith(("model.", "data.image_size", "episodes.way"))
-            and k != "model.pretrained"
-            and now[k] != stored.get(k)
-        ]
-        built = f"the model built with {', '.join(changed)}" if changed else "its model"
-        raise CheckpointError(f"checkpoint {file} does not fit {built}: {problem}")
-    return learner
-
-
-def _misfit(state: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
-    """What keeps ``state`` from loading into a model whose state dict is ``expected``."""
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    reshaped = [
-        k
-        for k in expected
-        if k in state and tuple(getattr(state[k], "shape", (-1,))) != tuple(expected[k].shape)
-    ]
-    problems = []
-    if reshaped:
-        k = reshaped[0]
-        problems.append(
-            f"{len(reshaped)} tensor(s) of another shape ({k}: "
-            f"{list(getattr(state[k], 'shape', []))} in the checkpoint, "
-            f"{list(expected[k].shape)} in the model)"
-        )
-    if missing:
-        problems.append(f"{len(missing)} missing ({_first(missing)})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_first(unexpected)})")
-    return "; ".join(problems)
-
-
-def _first(keys: Sequence[Any]) -> str:
-    return ascii(str(keys[0]))[1:-1][:80] + (", ..." if len(keys) > 1 else "")
 
 
 def _track(
