@@ -22,11 +22,13 @@ def test_every_shipped_config_loads(path: Path) -> None:
     required = ["model.pretrained=runs/x/best.pt"] if "(required" in path.read_text() else []
     config = load_config(path, required)
     assert isinstance(config, RunConfig)
-    assert config.data.dataset == "glyphs"
     prefix = path.name.split("_")[0]
-    # pretrain_* and layers_* (python -m metatl.pretrain, metatl.transfer layers) train
-    # supervised networks: model.algorithm plays no part there
-    assert prefix in ("pretrain", "layers") or config.model.algorithm in prefix
+    # compare_<dataset>: a target dataset of its own choice, its sources in compare.sources
+    assert config.data.dataset == "glyphs" or prefix == "compare"
+    assert prefix != "compare" or len(config.compare.sources) >= 4
+    # pretrain_*, layers_* and compare_* (python -m metatl.pretrain, metatl.transfer) train
+    # supervised networks or compare sources: model.algorithm plays no part there
+    assert prefix in ("pretrain", "layers", "compare") or config.model.algorithm in prefix
     if config.model.algorithm in ("linear", "finetune"):
         assert config.train.steps == 0
 
@@ -149,3 +151,12 @@ def test_a_run_name_is_one_folder_inside_out_dir(name: str, problem: str) -> Non
 @pytest.mark.parametrize("name", ["", "trial-001", "my_run.v2", "run 3", "Ω-1", "a:b", "x" * 200])
 def test_ordinary_run_names_are_kept(name: str) -> None:
     assert load_config(None, [f"name='{name}'"]).name == name
+
+
+def test_a_list_domain_may_allow_the_empty_list() -> None:
+    assert load_config(None, []).compare.finetune_blocks == []
+    assert load_config(None, ["compare.finetune_blocks=[1,3]"]).compare.finetune_blocks == [1, 3]
+    with pytest.raises(ConfigError, match=r"compare.finetune_blocks must be a list of integers"):
+        load_config(None, ["compare.finetune_blocks=[0]"])
+    with pytest.raises(ConfigError, match="compare.shots must be a non-empty list"):
+        load_config(None, ["compare.shots=[]"])

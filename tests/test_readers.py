@@ -517,3 +517,20 @@ def test_fashion_mnist_debian_package() -> None:
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert train.class_counts().tolist() == [6000] * 10
     assert test.class_counts().tolist() == [1000] * 10
+
+
+def test_fashion_mnist_is_a_dataset_of_the_run_config(tmp_path: Path) -> None:
+    from metatl.config import ConfigError, load_config
+    from metatl.training.data import load_split
+
+    images, labels = _fashion(tmp_path, 30, prefix="t10k")
+    config = load_config(None, ["data.dataset=fashion_mnist", f"data.root={tmp_path}"])
+    test = load_split(config.data, "test")
+    assert test.name == "fashion-mnist/test" and test.images.shape == (30, 1, 28, 28)
+    assert np.array_equal(test.images[:, 0].numpy(), images)
+    resized = load_config(
+        None, ["data.dataset=fashion_mnist", f"data.root={tmp_path}", "data.image_size=14"]
+    )
+    assert load_split(resized.data, "test").images.shape == (30, 1, 14, 14)
+    with pytest.raises(ConfigError, match="splits train and test, not 'val'"):
+        load_split(config.data, "val")

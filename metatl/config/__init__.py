@@ -10,6 +10,7 @@ from metatl.config.load import (
     parse_overrides,
 )
 from metatl.config.schema import (
+    CompareConfig,
     DataConfig,
     EpisodesConfig,
     FineTuneConfig,
@@ -27,6 +28,7 @@ from metatl.config.schema import (
 )
 
 __all__ = [
+    "CompareConfig",
     "ConfigError",
     "DataConfig",
     "EpisodesConfig",

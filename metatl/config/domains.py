@@ -6,7 +6,7 @@ A schema field carries its domain in its metadata::
     lr: float = field(default=1e-3, metadata=positive(LR))
 
 and :func:`check_domains` walks every field of a config: nan and infinities are outside
-every domain, a list of numbers must be non-empty with every item inside.
+every domain, a list of numbers must be non-empty (unless its domain allows it) with every item inside.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class Domain:
         lo_open: Whether ``lo`` itself is outside.
         hi_open: Whether ``hi`` itself is outside.
         note: What special values mean, e.g. ``0: test only``.
+        empty: Whether a list may be empty (its meaning then in ``note``).
     """
 
     lo: float
@@ -43,6 +44,7 @@ class Domain:
     lo_open: bool = False
     hi_open: bool = False
     note: str = ""
+    empty: bool = False
 
     def __contains__(self, value: object) -> bool:
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -60,16 +62,19 @@ class Domain:
         noun = {
             int: "an integer",
             float: "a finite number",
-            list[int]: "a non-empty list of integers",
+            list[int]: "a list of integers" if self.empty else "a non-empty list of integers",
             list[float]: "a non-empty list of finite numbers",
         }[kind]
         note = f" ({self.note})" if self.note else ""
         return f"{noun} in {interval}{note}"
 
 
-def between(lo: float, hi: float, note: str = "", *, hi_open: bool = False) -> dict[str, Domain]:
-    """Field metadata: ``lo <= value <= hi`` (``< hi`` with ``hi_open``)."""
-    return {_KEY: Domain(lo, hi, hi_open=hi_open, note=note)}
+def between(
+    lo: float, hi: float, note: str = "", *, hi_open: bool = False, empty: bool = False
+) -> dict[str, Domain]:
+    """Field metadata: ``lo <= value <= hi`` (``< hi`` with ``hi_open``); for a list field,
+    ``empty`` allows an empty list."""
+    return {_KEY: Domain(lo, hi, hi_open=hi_open, note=note, empty=empty)}
 
 
 def positive(hi: float, note: str = "") -> dict[str, Domain]:
@@ -116,7 +121,8 @@ def check_domains(config: Any) -> None:
             raise TypeError(f"config field {key} states no domain; add metadata=between(...)")
         value = _get(config, key)
         items = value if isinstance(value, list) else [value]
-        if (isinstance(value, list) and not value) or not all(v in domain for v in items):
+        empty = isinstance(value, list) and not value and not domain.empty
+        if empty or not all(v in domain for v in items):
             raise ConfigError(f"{key} must be {domain.describe(kind)}, got {value}")
 
 

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet"),
+    "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet", "fashion_mnist"),
     "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd", "linear", "finetune"),
     "model.maml.head": ("zero", "learned"),
     "model.maml.bn": ("transductive", "running"),
@@ -52,6 +52,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "layers.splits": ("random", "stroke", "radical", "groups"),
     "layers.treatments": ("BnB", "BnB+", "AnB", "AnB+", "random"),
+    "compare.probes": ("ncm", "linear"),
 }
 NOT_META_TRAINED = ("linear", "finetune")
 MAX_NAME_BYTES = 200  # a file name has 255; leave room for new_directory's "-N"

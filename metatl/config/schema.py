@@ -49,7 +49,9 @@ class DataConfig:
     ``dataset`` is one of ``glyphs`` (``root`` built by ``python -m episodes.glyphs``),
     ``image_folder`` (``root/<split>/<class>/*.png``), ``omniglot`` (official layout: train
     and validation classes from ``images_background``, test from ``images_evaluation``) or
-    ``mini_imagenet`` (Ravi & Larochelle CSVs).
+    ``mini_imagenet`` (Ravi & Larochelle CSVs) or ``fashion_mnist`` (Debian's
+    ``dataset-fashion-mnist`` IDX files, ``root=/usr/share/datasets/fashion-mnist``; splits
+    ``train`` and ``test`` of the same ten classes).
     """
 
     dataset: str = "glyphs"
@@ -235,6 +237,48 @@ class WandbConfig:
 
 
 @dataclass(frozen=True)
+class CompareConfig:
+    """``python -m metatl.transfer compare``: what to transfer from which source, and whether.
+
+    Every source (``NAME=SPEC``: ``conv4@random``, ``mobilenet_v2@IMAGENET1K_V1``, a metatl
+    checkpoint or run directory) is scored on the same ``way``-way episodes of the target
+    split ``split`` per shot in ``shots``: nearest class mean and linear probe on every block,
+    fine-tuning the top N blocks for every N (``finetune.*`` settings; N = all blocks is full
+    fine-tuning) and the checkpoint's own adaptation; next to training ``scratch`` from a
+    random initialisation with the full fine-tuning recipe and raw pixels. With
+    ``all_labels`` the same methods are also trained on every image of ``data.train_split``
+    (``pretrain.*`` settings) and tested on every image of ``split``.
+    """
+
+    sources: list[str] = field(default_factory=list)
+    split: str = ""  # the target split episodes come from; "": data.test_split
+    shots: list[int] = field(default_factory=lambda: [1, 5, 20], metadata=between(1, COUNT))
+    way: int = field(default=5, metadata=between(2, COUNT))
+    query: int = field(default=15, metadata=between(1, COUNT))
+    episodes: int = field(default=100, metadata=between(1, EPISODES))
+    seed: int = field(default=0, metadata=between(0, SEED))
+    probes: list[str] = field(default_factory=lambda: ["ncm", "linear"])  # on every block
+    finetune: bool = True  # fine-tune the top N blocks
+    # The N of finetune@N (N >= a source's blocks: all of them, full fine-tuning); []: every N.
+    finetune_blocks: list[int] = field(
+        default_factory=list, metadata=between(1, 1000, "[]: every N", empty=True)
+    )
+    own: bool = True  # a meta-training checkpoint's own adaptation
+    scratch: str = "conv4"  # the backbone trained from scratch; "": none
+    all_labels: bool = False
+    # Input size of <backbone>@<weights> sources (e.g. 84 for MobileNetV2 on small images).
+    input_size: int = field(default=0, metadata=between(0, SIZE, "0: the target's size"))
+    # A seeded sample of the split's images for the scores and the statistics gap.
+    score_images: int = field(default=2000, metadata=between(10, 10_000_000))
+    # The advice's two axes: the statistics gap below which a source counts as similar
+    # (0.25: target channels sit on average within half a source standard deviation, a
+    # "small" effect size d < 0.5), and the labelled images per class from which data is large.
+    similar_below: float = field(default=0.25, metadata=positive(1e6))
+    large_from: int = field(default=100, metadata=between(1, COUNT))
+    feature_cache: bool = True
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Where runs are tracked besides the always-on ``metrics.jsonl``."""
 
@@ -255,6 +299,7 @@ class RunConfig:
     finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = field(default=0, metadata=between(0, SEED))
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps

@@ -76,6 +76,8 @@ def _read_split(config: DataConfig, split: str) -> LabelledImages:
         return load_mini_imagenet(root, split, image_size=size)  # type: ignore[arg-type]
     if config.dataset == "omniglot":
         return _omniglot_split(root, split, size)
+    if config.dataset == "fashion_mnist":
+        return _fashion_mnist_split(root, split, size)
     raise ConfigError(f"data.dataset={config.dataset!r} has no loader")
 
 
@@ -94,6 +96,19 @@ def _colour_hint(
         f"; the {colour_split} split is colour because of {', '.join(map(str, files))}: make "
         "every image greyscale, or every split colour"
     )
+
+
+def _fashion_mnist_split(root: Path, split: str, size: int) -> LabelledImages:
+    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) images; the same ten classes
+    in both, so a validation split is a name for one of them (``data.val_split=test``)."""
+    from episodes.datasets.fashion_mnist import load_fashion_mnist
+
+    if split not in ("train", "test"):
+        raise ConfigError(
+            f"Fashion-MNIST has the splits train and test, not {split!r}; set "
+            "data.val_split and data.test_split to one of them"
+        )
+    return load_fashion_mnist(root, split).resized(size)  # type: ignore[arg-type]
 
 
 def _omniglot_split(root: Path, split: str, size: int) -> LabelledImages:
