@@ -325,11 +325,11 @@ def run_config(config: RunConfig, run: StudyRun, group: str) -> RunConfig:
     return dataclasses.replace(tracked, seed=run.seed, name="")
 
 
-def in_study_group(config: RunConfig, group: str, name: str) -> RunConfig:
+def in_study_group(config: RunConfig, group: str, name: str, tag: str = "layers") -> RunConfig:
     """``config`` tracked in W&B as run ``name`` of the study's group (``group`` unless
-    ``tracking.wandb.group`` names one), tagged ``layers``."""
+    ``tracking.wandb.group`` names one), tagged ``tag``."""
     wandb = config.tracking.wandb
     wandb = dataclasses.replace(
-        wandb, group=wandb.group or group, name=name, tags=[*wandb.tags, "layers"]
+        wandb, group=wandb.group or group, name=name, tags=[*wandb.tags, tag]
     )
     return dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, wandb=wandb))
