@@ -14,9 +14,10 @@ GLYPH_FONTS := fonts-noto-cjk fonts-ipaexfont-mincho fonts-morisawa-bizud-gothic
 	fonts-aoyagi-soseki fonts-seto fonts-kiloji fonts-klee fonts-yusei-magic \
 	fonts-motoya-l-maruberi fonts-hanazono fonts-dejima-mincho fonts-oradano-mincho-gsrr \
 	fonts-train fonts-misaki
-# Two small fonts the tests render a handful of glyphs with, and Unicode's Unihan data
-# (radicals and stroke counts: the dissimilar class split of the layer-transfer study).
-TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi unicode-data
+# Two small fonts the tests render a handful of glyphs with, Unicode's Unihan data
+# (radicals and stroke counts: the dissimilar class split of the layer-transfer study) and
+# Fashion-MNIST (the clothing target of python -m metatl.transfer compare).
+TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi unicode-data dataset-fashion-mnist
 
 .PHONY: run test test-slow lint format fonts test-fonts glyphs weights clean
 

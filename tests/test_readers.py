@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import re
 import struct
 import warnings
@@ -23,7 +24,12 @@ from episodes.datasets._decode import (
     decode_images,
     list_image_files,
 )
-from episodes.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist, read_idx
+from episodes.datasets.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_ROOT,
+    load_fashion_mnist,
+    read_idx,
+)
 from episodes.datasets.image_folder import load_image_folder
 from episodes.datasets.mini_imagenet import load_mini_imagenet
 from episodes.datasets.omniglot import load_omniglot
@@ -523,7 +529,7 @@ def test_fashion_mnist_is_a_dataset_of_the_run_config(tmp_path: Path) -> None:
     from metatl.config import ConfigError, load_config
     from metatl.training.data import load_split
 
-    images, labels = _fashion(tmp_path, 30, prefix="t10k")
+    images, _ = _fashion(tmp_path, 30, prefix="t10k")
     config = load_config(None, ["data.dataset=fashion_mnist", f"data.root={tmp_path}"])
     test = load_split(config.data, "test")
     assert test.name == "fashion-mnist/test" and test.images.shape == (30, 1, 28, 28)
@@ -534,3 +540,15 @@ def test_fashion_mnist_is_a_dataset_of_the_run_config(tmp_path: Path) -> None:
     assert load_split(resized.data, "test").images.shape == (30, 1, 14, 14)
     with pytest.raises(ConfigError, match="splits train and test, not 'val'"):
         load_split(config.data, "val")
+
+
+def test_debian_fashion_mnist_is_read_whole() -> None:
+    """The real files of Debian's dataset-fashion-mnist (make test installs it)."""
+    if not (Path(FASHION_MNIST_ROOT) / "t10k-labels-idx1-ubyte.gz").is_file():
+        if os.environ.get("METATL_REQUIRE_FASHION_MNIST") == "1":
+            pytest.fail("Debian's dataset-fashion-mnist is not installed (make test installs it)")
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    test = load_fashion_mnist(split="test")
+    assert test.images.shape == (10_000, 1, 28, 28)
+    assert torch.bincount(test.labels).tolist() == [1000] * 10
+    assert 50 < float(test.images.float().mean()) < 100  # dark background, bright garments

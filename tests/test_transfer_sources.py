@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from metatl.algorithms import ProtoNet
+from metatl.backbones.torchvision_models import torchvision_state_dict
 from metatl.config import load_config
 from metatl.training import run_experiment
 from metatl.training.checkpoint import CheckpointError
@@ -18,6 +19,7 @@ from metatl.transfer.features import source_scores
 from metatl.transfer.scores import leep
 from metatl.transfer.sources import SourceSpecError, load_source, parse_source_spec
 from tests.conftest import make_pattern_images
+from tests.test_pretrained import real_weights_or_skip
 
 
 def _base(folder_dataset: Path, out_dir: Path, name: str) -> list[str]:
@@ -93,9 +95,12 @@ def test_imagenet_weights_bring_their_classifier() -> None:
     torchvision's own logits (weights installed by `make weights`)."""
     from torchvision import models
 
+    real_weights_or_skip()
     source = load_source("mobilenet_v2@IMAGENET1K_V1", in_channels=3, image_size=64)
     assert source.classifier is not None and source.classifier.out_features == 1000
-    reference = models.mobilenet_v2(weights="IMAGENET1K_V1").eval()
+    reference = models.mobilenet_v2()
+    reference.load_state_dict(torchvision_state_dict("mobilenet_v2", "IMAGENET1K_V1"))
+    reference.eval()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = source.classifier(source.backbone(x))
