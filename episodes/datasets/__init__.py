@@ -6,6 +6,7 @@ from episodes.datasets._decode import (
     decode_images,
     is_colour_image,
 )
+from episodes.datasets.cifar_fs import CIFAR_FS_SPLITS, load_cifar_fs, read_cifar_pickle
 from episodes.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from episodes.datasets.glyphs import glyph_splits, load_glyphs, read_glyph_manifest
 from episodes.datasets.image_folder import colour_images, image_folder_files, load_image_folder
@@ -13,6 +14,7 @@ from episodes.datasets.mini_imagenet import load_mini_imagenet
 from episodes.datasets.omniglot import load_omniglot
 
 __all__ = [
+    "CIFAR_FS_SPLITS",
     "FASHION_MNIST_CLASSES",
     "DatasetFormatError",
     "ImageDecodeError",
@@ -21,10 +23,12 @@ __all__ = [
     "glyph_splits",
     "image_folder_files",
     "is_colour_image",
+    "load_cifar_fs",
     "load_fashion_mnist",
     "load_glyphs",
     "load_image_folder",
     "load_mini_imagenet",
     "load_omniglot",
+    "read_cifar_pickle",
     "read_glyph_manifest",
 ]
