@@ -7,6 +7,7 @@ from episodes.datasets._decode import (
     is_colour_image,
 )
 from episodes.datasets.cifar_fs import CIFAR_FS_SPLITS, load_cifar_fs, read_cifar_pickle
+from episodes.datasets.cub import CUB_SPLITS, cub_class_split, load_cub
 from episodes.datasets.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from episodes.datasets.glyphs import glyph_splits, load_glyphs, read_glyph_manifest
 from episodes.datasets.image_folder import colour_images, image_folder_files, load_image_folder
@@ -15,15 +16,18 @@ from episodes.datasets.omniglot import load_omniglot
 
 __all__ = [
     "CIFAR_FS_SPLITS",
+    "CUB_SPLITS",
     "FASHION_MNIST_CLASSES",
     "DatasetFormatError",
     "ImageDecodeError",
     "colour_images",
+    "cub_class_split",
     "decode_images",
     "glyph_splits",
     "image_folder_files",
     "is_colour_image",
     "load_cifar_fs",
+    "load_cub",
     "load_fashion_mnist",
     "load_glyphs",
     "load_image_folder",
