@@ -538,7 +538,7 @@ def test_fashion_mnist_is_a_dataset_of_the_run_config(tmp_path: Path) -> None:
         None, ["data.dataset=fashion_mnist", f"data.root={tmp_path}", "data.image_size=14"]
     )
     assert load_split(resized.data, "test").images.shape == (30, 1, 14, 14)
-    with pytest.raises(ConfigError, match="splits train and test, not 'val'"):
+    with pytest.raises(ConfigError, match="has the splits train, test, not 'val'"):
         load_split(config.data, "val")
 
 

@@ -13,6 +13,13 @@ from episodes.datasets.glyphs import glyph_splits, load_glyphs, read_glyph_manif
 from episodes.datasets.image_folder import colour_images, image_folder_files, load_image_folder
 from episodes.datasets.mini_imagenet import load_mini_imagenet
 from episodes.datasets.omniglot import load_omniglot
+from episodes.datasets.registry import (
+    UnknownDatasetError,
+    UnknownSplitError,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+)
 
 __all__ = [
     "CIFAR_FS_SPLITS",
@@ -20,14 +27,18 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "DatasetFormatError",
     "ImageDecodeError",
+    "UnknownDatasetError",
+    "UnknownSplitError",
     "colour_images",
     "cub_class_split",
     "decode_images",
     "glyph_splits",
     "image_folder_files",
     "is_colour_image",
+    "list_datasets",
     "load_cifar_fs",
     "load_cub",
+    "load_dataset",
     "load_fashion_mnist",
     "load_glyphs",
     "load_image_folder",
@@ -35,4 +46,5 @@ __all__ = [
     "load_omniglot",
     "read_cifar_pickle",
     "read_glyph_manifest",
+    "register_dataset",
 ]

@@ -6,7 +6,8 @@ A schema field carries its domain in its metadata::
     lr: float = field(default=1e-3, metadata=positive(LR))
 
 and :func:`check_domains` walks every field of a config: nan and infinities are outside
-every domain, a list of numbers must be non-empty (unless its domain allows it) with every item inside.
+every domain, a list of numbers must be non-empty (unless its domain allows it) with every
+item inside.
 """
 
 from __future__ import annotations

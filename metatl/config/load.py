@@ -20,6 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from episodes.datasets import list_datasets
 from metatl.config.domains import check_domains
 from metatl.config.errors import ConfigError
 from metatl.config.schema import RunConfig
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("glyphs", "image_folder", "omniglot", "mini_imagenet", "fashion_mnist"),
     "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd", "linear", "finetune"),
     "model.maml.head": ("zero", "learned"),
     "model.maml.bn": ("transductive", "running"),
@@ -202,7 +202,8 @@ def validate(config: RunConfig) -> None:
     schema field states, the choices, the run name, and the checks across keys."""
     check_domains(config)
     values = flatten(config_to_dict(config))
-    for key, allowed in CHOICES.items():
+    # From the registry at check time: a dataset registered by the user is a choice too.
+    for key, allowed in {"data.dataset": tuple(list_datasets()), **CHOICES}.items():
         if values[key] not in allowed:
             raise ConfigError(
                 f"{key}={values[key]!r} is not allowed; choose one of: {', '.join(allowed)}"

@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from episodes import LabelledImages
-from episodes.datasets import DatasetFormatError, colour_images
+from episodes.datasets import (
+    DatasetFormatError,
+    UnknownDatasetError,
+    UnknownSplitError,
+    colour_images,
+    load_dataset,
+)
 from metatl.backbones import InputSpec
 from metatl.config import ConfigError, DataConfig
 
@@ -60,25 +66,10 @@ def load_split(config: DataConfig, split: str) -> LabelledImages:
 
 
 def _read_split(config: DataConfig, split: str) -> LabelledImages:
-    root = Path(config.root)
-    size = config.image_size
-    if config.dataset == "glyphs":
-        from episodes.datasets.glyphs import load_glyphs
-
-        return load_glyphs(root, split, image_size=size)
-    if config.dataset == "image_folder":
-        from episodes.datasets.image_folder import load_image_folder
-
-        return load_image_folder(root / split, image_size=size, name=f"{root.name}/{split}")
-    if config.dataset == "mini_imagenet":
-        from episodes.datasets.mini_imagenet import load_mini_imagenet
-
-        return load_mini_imagenet(root, split, image_size=size)  # type: ignore[arg-type]
-    if config.dataset == "omniglot":
-        return _omniglot_split(root, split, size)
-    if config.dataset == "fashion_mnist":
-        return _fashion_mnist_split(root, split, size)
-    raise ConfigError(f"data.dataset={config.dataset!r} has no loader")
+    try:
+        return load_dataset(config.dataset, config.root, split, config.image_size)
+    except (UnknownDatasetError, UnknownSplitError) as err:
+        raise ConfigError(f"data.dataset={config.dataset!r}: {err}") from None
 
 
 def _colour_hint(
@@ -96,35 +87,6 @@ def _colour_hint(
         f"; the {colour_split} split is colour because of {', '.join(map(str, files))}: make "
         "every image greyscale, or every split colour"
     )
-
-
-def _fashion_mnist_split(root: Path, split: str, size: int) -> LabelledImages:
-    """Fashion-MNIST's ``train`` (60,000) or ``test`` (10,000) images; the same ten classes
-    in both, so a validation split is a name for one of them (``data.val_split=test``)."""
-    from episodes.datasets.fashion_mnist import load_fashion_mnist
-
-    if split not in ("train", "test"):
-        raise ConfigError(
-            f"Fashion-MNIST has the splits train and test, not {split!r}; set "
-            "data.val_split and data.test_split to one of them"
-        )
-    return load_fashion_mnist(root, split).resized(size)  # type: ignore[arg-type]
-
-
-def _omniglot_split(root: Path, split: str, size: int) -> LabelledImages:
-    """Omniglot: test on ``images_evaluation``; the background set's characters are split
-    80/20 (seeded) into train and validation classes."""
-    from episodes.datasets.omniglot import load_omniglot
-
-    if split == "test":
-        return load_omniglot(root, "evaluation", image_size=size)
-    if split not in ("train", "val"):
-        raise ConfigError(f"omniglot has splits train, val, test; got '{split}'")
-    background = load_omniglot(root, "background", image_size=size)
-    order = torch.randperm(background.num_classes, generator=torch.Generator().manual_seed(0))
-    n_val = max(1, background.num_classes // 5)
-    classes = order[n_val:] if split == "train" else order[:n_val]
-    return background.select_classes(sorted(classes.tolist()), name=f"omniglot/{split}")
 
 
 class ImageTransform:
