@@ -98,3 +98,32 @@ def test_training_at_reduced_precision_learns(
     # Well above chance (20%) and at least as good as raw pixels on the same episodes.
     accuracy = {m: r["accuracy"] for m, r in results["test"]["5-way 5-shot"].items()}
     assert accuracy["protonet"] > 0.6 and accuracy["protonet"] >= accuracy["pixels"] - 0.05
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (frozenset({"avx2", "avx512f", "avx512_bf16"}), "bf16"),
+        (frozenset({"avx2", "amx_bf16", "amx_tile"}), "bf16"),
+        (frozenset({"avx2", "avx512f"}), "fp32"),  # bf16 would be emulated: slower than fp32
+        (frozenset(), "fp32"),  # flags unreadable
+    ],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(
+    monkeypatch: pytest.MonkeyPatch, flags: frozenset[str], expected: str
+) -> None:
+    from metatl.training import device as device_module
+
+    monkeypatch.setattr(device_module, "_cpu_flags", lambda: flags)
+    assert device_module.resolve_precision("auto", "cpu") == expected
+    assert device_module.resolve_precision("fp16", "cpu") == "fp16"  # only auto is resolved
+    with device_module.autocast("cpu", "auto"):
+        x = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert x.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+    assert not device_module.grad_scaler(torch.device("cpu"), "auto").is_enabled()
+
+
+def test_auto_precision_is_a_config_choice() -> None:
+    from metatl.config import load_config
+
+    assert load_config(None, ["precision=auto"]).precision == "auto"

@@ -46,7 +46,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.distance": ("sqeuclidean", "cosine"),
     "pretrain.augment": ("none", "crop", "crop_flip"),
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
-    "precision": ("fp32", "bf16", "fp16"),
+    "precision": ("auto", "fp32", "bf16", "fp16"),
 }
 # Keys whose value is a non-empty list of distinct items, each one of these.
 LIST_CHOICES: dict[str, tuple[str, ...]] = {

@@ -303,7 +303,9 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = field(default=0, metadata=between(0, SEED))
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 also scales the loss)
+    # auto (bf16 where the hardware has it natively, else fp32) | fp32 | bf16 | fp16
+    # (autocast; fp16 also scales the loss)
+    precision: str = "fp32"
     out_dir: str = "runs"
     # The run directory out_dir/<name>: one path component; "" = from the learner and time.
     name: str = ""
