@@ -249,7 +249,9 @@ def test_missing_source_raises() -> None:
 
 def test_text_explains_the_placement() -> None:
     advice = advise("src", L, 5, _row("src/linear@4"), gap=0.25, similar_below=0.5)
-    assert "5 labels per class is below the 100 of large data" in advice.text
+    assert "5 labelled images per class is below the 100 from which data counts as large" in (
+        advice.text
+    )
     assert "domain gap of 0.25 is below the similarity threshold 0.5" in advice.text
     advice = advise("src", L, "all", _row("src/finetune@4"), gap=0.5, similar_below=0.5)
     assert "the full training set counts as large data" in advice.text

@@ -21,7 +21,7 @@ from metatl.transfer.compare import (
 )
 from metatl.transfer.features import sample_images
 from metatl.transfer.scores import kendall_tau
-from metatl.transfer.sources import Source
+from metatl.transfer.sources import Source, load_source
 from tests.conftest import make_pattern_images
 
 FAST_FINETUNE = FineTuneConfig(steps=3, head_iters=10)
@@ -146,3 +146,14 @@ def test_clashing_source_names_are_refused() -> None:
         compare_sources([Source("x", "x", backbone), Source("x", "y", backbone)], data)
     with pytest.raises(ValueError, match="must not contain"):
         compare_sources({"scratch": backbone}, data)
+
+
+def test_a_random_source_fine_tuned_whole_is_the_scratch_reference() -> None:
+    """Same architecture, seed and recipe: conv4@random's full fine-tuning is scratch, even
+    when compare.input_size enlarges the pretrained sources."""
+    data = make_pattern_images(6, 8, seed=3)
+    source = load_source("rnd=conv4@random", in_channels=1, image_size=28, input_size=56)
+    assert source.backbone.input_spec.size == 28
+    settings = CompareConfig(shots=[2], episodes=4, query=3, probes=["ncm"], finetune_blocks=[4])
+    row = compare_sources([source], data, settings, finetune=FAST_FINETUNE).results[2]
+    assert row["rnd/finetune@4"].accuracies == row[SCRATCH].accuracies

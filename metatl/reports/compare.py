@@ -108,10 +108,15 @@ def _number(value: float) -> str:
 
 
 def ranking_table(comparison: Comparison) -> str:
-    """Kendall tau of each score's ranking of the sources against measured accuracy."""
+    """Kendall tau of each score's ranking of the sources against measured accuracy, with
+    the number of sources that have the score (tau over 2 sources is only +-1)."""
     taus = rank_correlations(comparison)
+    counts = {
+        s: sum(math.isfinite(comparison.score(src, s)) for src in comparison.sources)
+        for s in SCORES
+    }
     lines = [
-        "| budget | " + " | ".join(SCORES) + " |",
+        "| budget | " + " | ".join(f"{s} ({counts[s]} sources)" for s in SCORES) + " |",
         "| --- |" + " --- |" * len(SCORES),
     ]
     for budget, row in taus.items():
@@ -120,22 +125,31 @@ def ranking_table(comparison: Comparison) -> str:
 
 
 def negative_transfer_lines(comparison: Comparison) -> str:
-    """A table of the transferred methods worse than a reference beyond their interval."""
+    """The transferred methods worse than a reference beyond their interval, one row per
+    source, kind and budget, naming the blocks (the N of ``finetune@N``) that fall short."""
     found = comparison.negative_transfer()
     if not found:
         return "None: no transferred method is worse than scratch or raw pixels beyond its CI."
-    cells: dict[tuple[str, Budget], dict[str, str]] = {}
+    blocks: dict[tuple[str, str, Budget], dict[str, list[str]]] = {}
     for n in found:
-        cells.setdefault((n.method, n.budget), {})[n.reference] = _pct(n.difference, n.ci95, "+")
+        source, _, method = n.method.partition("/")
+        kind, _, block = method.partition("@")
+        row = blocks.setdefault((source, kind, n.budget), {SCRATCH: [], PIXELS: []})
+        row[n.reference].append(block or "–")
     lines = [
-        "| method | labels / class | vs scratch | vs pixels/ncm |",
-        "| --- | --- | --- | --- |",
+        "| source | method | labels / class | blocks worse than scratch | worse than pixels/ncm |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    for (method, budget), row in cells.items():
-        lines.append(
-            f"| {method} | {_budget(budget)} | {row.get(SCRATCH, '')} | {row.get(PIXELS, '')} |"
-        )
+    for (source, kind, budget), row in sorted(blocks.items(), key=_by_source_kind):
+        worse = [", ".join(row[ref]) or "–" for ref in (SCRATCH, PIXELS)]
+        lines.append(f"| {source} | {kind} | {_budget(budget)} | {worse[0]} | {worse[1]} |")
     return "\n".join(lines)
+
+
+def _by_source_kind(item: tuple[tuple[str, str, Budget], object]) -> tuple[str, int, str]:
+    (source, kind, budget), _ = item
+    order = _KINDS.index(kind) if kind in _KINDS else len(_KINDS)
+    return source, order, f"{budget:>6}" if isinstance(budget, int) else budget
 
 
 def _advice(result: CompareResult) -> str:

@@ -345,7 +345,11 @@ def _placement(
         amount = "the full training set counts as large data"
     else:
         relation = "at least" if size == "large" else "below"
-        amount = f"{budget} labels per class is {relation} the {large_from} of large data"
+        images = "image" if budget == 1 else "images"
+        amount = (
+            f"{budget} labelled {images} per class is {relation} the {large_from} from which "
+            "data counts as large"
+        )
     side = "below" if similarity == "similar" else "at or above"
     domain = f"a domain gap of {gap:.3g} is {side} the similarity threshold {similar_below:.3g}"
     return f"{amount}, and {domain}, so the data is {size} and the domain {similarity}."

@@ -36,6 +36,7 @@ from metatl.training.data import ImageTransform
 from metatl.training.evaluation import EvalResult, evaluate, paired_difference
 from metatl.training.preemption import StopRequest
 from metatl.transfer.blocks import block_prefixes
+from metatl.transfer.features import source_scores
 from metatl.transfer.scores import kendall_tau
 from metatl.transfer.sources import Source
 
@@ -245,8 +246,6 @@ def compare_sources(
         ValueError: Two sources of one name.
         InfeasibleEpisodeError: ``data`` cannot give such episodes.
     """
-    from metatl.transfer.features import source_scores
-
     settings = settings or CompareConfig()
     finetune, linear_probe = finetune or FineTuneConfig(), linear_probe or LinearProbeConfig()
     loaded = _as_sources(sources)

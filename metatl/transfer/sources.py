@@ -115,8 +115,9 @@ def load_source(
         in_channels: Channels of the target images (a fresh Conv-4 is built for them;
             torchvision backbones take 3 and are given grey images replicated).
         image_size: Size of the target images, the input size of a fresh backbone.
-        input_size: Input size of ``<backbone>@...`` sources if not 0 (e.g. 84 for a
-            MobileNetV2 on small images); checkpoints keep their own.
+        input_size: Input size of ``<backbone>@<weights>`` sources if not 0 (e.g. 84 for
+            an ImageNet MobileNetV2 on small images); ``<backbone>@random`` is built at
+            ``image_size`` like the scratch network, checkpoints keep their own.
         seed: Seed of a fresh initialisation.
 
     Raises:
@@ -127,7 +128,8 @@ def load_source(
     backbone_name, sep, weights = spec.rpartition("@")
     if sep and not Path(spec).exists():
         torch.manual_seed(seed)
-        backbone = _backbone(spec, backbone_name, weights, in_channels, input_size or image_size)
+        size = image_size if weights == RANDOM else input_size or image_size
+        backbone = _backbone(spec, backbone_name, weights, in_channels, size)
         classifier = _imagenet_classifier(backbone, weights)
         return Source(name, spec, backbone.eval(), classifier, random_init=weights == RANDOM)
     if not Path(spec).exists():
