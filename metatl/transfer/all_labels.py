@@ -91,6 +91,7 @@ def all_labels_results(
         if settings.finetune:
             for n in finetune_depths(source.n_blocks, settings.finetune_blocks):
                 method = f"{source.name}/finetune@{n}"
+                torch.manual_seed(settings.seed)  # the new classifier's initial weights
                 model = SupervisedModel(copy.deepcopy(source.backbone), train.num_classes)
                 model.freeze_blocks(source.n_blocks - n)
                 results[method] = _train(model, method, train, test, config, out_dir, stop)
