@@ -236,24 +236,31 @@ def _negative_summary(comparison: Comparison) -> str:
     )
 
 
-def plot_budget_curves(comparison: Comparison, path: str | Path) -> Path | None:
+def plot_budget_curves(
+    comparison: Comparison, path: str | Path, all_per_class: float | None = None
+) -> Path | None:
     """Accuracy against labelled images per class: per source the best probe and the best
-    fine-tuning, with scratch and raw pixels. None with fewer than two budgets."""
-    budgets = [b for b in comparison.results if b != "all"]
+    fine-tuning, with scratch and raw pixels; the all-labels budget at ``all_per_class``
+    (the training images per class) when given. None with fewer than two budgets."""
+    budgets = [b for b in comparison.results if b != "all" or all_per_class]
     if len(budgets) < 2:
         return None
+    xs = [all_per_class if b == "all" else b for b in budgets]
     fig = _figure(7.0, 4.2)
     ax = fig.add_subplot()
     for index, source in enumerate(comparison.sources):
         for kind, style in (("linear", "-"), ("finetune", "--")):
             ys = [_best(comparison, source, b, kind) for b in budgets]
             if any(math.isfinite(y) for y in ys):
-                ax.plot(budgets, ys, style, marker="o", color=f"C{index}", label=f"{source} {kind}")
+                ax.plot(xs, ys, style, marker="o", color=f"C{index}", label=f"{source} {kind}")
     for reference, color in ((SCRATCH, "black"), (PIXELS, "grey")):
         ys = [_mean(comparison.results[b].get(reference)) for b in budgets]
         if any(math.isfinite(y) for y in ys):
-            ax.plot(budgets, ys, ":", marker="x", color=color, label=reference)
+            ax.plot(xs, ys, ":", marker="x", color=color, label=reference)
     ax.set_xscale("log")
+    labels = [f"all ({x:.0f})" if b == "all" else str(b) for b, x in zip(budgets, xs, strict=True)]
+    ax.set_xticks(xs, labels)
+    ax.minorticks_off()
     ax.set_xlabel("labelled images per class")
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=7, ncols=2)
@@ -275,7 +282,11 @@ def write_compare_report(out_dir: Path, result: CompareResult, tracker: Tracker)
     """Write ``report.md`` (and ``budgets.png`` when matplotlib is there) and log both."""
     figure = None
     if matplotlib_available():
-        figure = plot_budget_curves(result.comparison, out_dir / "budgets.png")
+        meta = result.meta
+        per_class = (
+            meta["train_images"] / meta["target_classes"] if "train_images" in meta else None
+        )
+        figure = plot_budget_curves(result.comparison, out_dir / "budgets.png", per_class)
     path = write_text_atomic(
         out_dir / "report.md",
         render_compare_report(result, figure.name if figure is not None else None),
