@@ -157,3 +157,21 @@ def test_a_random_source_fine_tuned_whole_is_the_scratch_reference() -> None:
     settings = CompareConfig(shots=[2], episodes=4, query=3, probes=["ncm"], finetune_blocks=[4])
     row = compare_sources([source], data, settings, finetune=FAST_FINETUNE).results[2]
     assert row["rnd/finetune@4"].accuracies == row[SCRATCH].accuracies
+
+
+def test_the_report_names_the_blocks_that_fall_short() -> None:
+    from metatl.reports.compare import negative_transfer_lines
+
+    good, bad = _result([0.9] * 4 + [0.8] * 4), _result([0.3] * 4 + [0.2] * 4)
+    row = {
+        SCRATCH: good,
+        PIXELS: _result([0.5] * 4 + [0.4] * 4),
+        "s/linear@1": bad,
+        "s/linear@2": good,
+        "s/own": bad,
+    }
+    comparison = Comparison({5: row}, {"s": []}, {}, {"s": 2})
+    lines = negative_transfer_lines(comparison).splitlines()
+    assert "| s | linear | 5 | 1 | 1 |" in lines
+    assert "| s | own | 5 | yes | yes |" in lines
+    assert len(lines) == 4  # header, rule, two rows: linear@2 beats both references

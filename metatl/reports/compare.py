@@ -126,7 +126,8 @@ def ranking_table(comparison: Comparison) -> str:
 
 def negative_transfer_lines(comparison: Comparison) -> str:
     """The transferred methods worse than a reference beyond their interval, one row per
-    source, kind and budget, naming the blocks (the N of ``finetune@N``) that fall short."""
+    source, kind and budget, naming the blocks (the N of ``finetune@N``) that fall short
+    (``yes`` for a method without blocks: a checkpoint's own adaptation)."""
     found = comparison.negative_transfer()
     if not found:
         return "None: no transferred method is worse than scratch or raw pixels beyond its CI."
@@ -135,7 +136,7 @@ def negative_transfer_lines(comparison: Comparison) -> str:
         source, _, method = n.method.partition("/")
         kind, _, block = method.partition("@")
         row = blocks.setdefault((source, kind, n.budget), {SCRATCH: [], PIXELS: []})
-        row[n.reference].append(block or "–")
+        row[n.reference].append(block or "yes")  # own: no block to name
     lines = [
         "| source | method | labels / class | blocks worse than scratch | worse than pixels/ncm |",
         "| --- | --- | --- | --- | --- |",
