@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from episodes.datasets import list_datasets
+from metatl.algorithms.registry import is_meta_trained, list_learners
 from metatl.config.domains import check_domains
 from metatl.config.errors import ConfigError
 from metatl.config.schema import RunConfig
@@ -36,7 +37,6 @@ __all__ = [
 ]
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.algorithm": ("protonet", "maml", "fomaml", "anil", "metasgd", "linear", "finetune"),
     "model.maml.head": ("zero", "learned"),
     "model.maml.bn": ("transductive", "running"),
     "linear_probe.normalize": ("none", "l2", "center", "center_l2"),
@@ -54,7 +54,6 @@ LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "layers.treatments": ("BnB", "BnB+", "AnB", "AnB+", "random"),
     "compare.probes": ("ncm", "linear"),
 }
-NOT_META_TRAINED = ("linear", "finetune")
 MAX_NAME_BYTES = 200  # a file name has 255; leave room for new_directory's "-N"
 
 # Why a ``${`` is refused, by where the config comes from.
@@ -202,8 +201,9 @@ def validate(config: RunConfig) -> None:
     schema field states, the choices, the run name, and the checks across keys."""
     check_domains(config)
     values = flatten(config_to_dict(config))
-    # From the registry at check time: a dataset registered by the user is a choice too.
-    for key, allowed in {"data.dataset": tuple(list_datasets()), **CHOICES}.items():
+    # From the registries at check time: what the user registers is a choice too.
+    registered = {"data.dataset": list_datasets(), "model.algorithm": list_learners()}
+    for key, allowed in {**{k: tuple(v) for k, v in registered.items()}, **CHOICES}.items():
         if values[key] not in allowed:
             raise ConfigError(
                 f"{key}={values[key]!r} is not allowed; choose one of: {', '.join(allowed)}"
@@ -231,12 +231,12 @@ def _check_list_choice(key: str, items: list[str], allowed: tuple[str, ...]) -> 
 
 def _check_learner(config: RunConfig) -> None:
     algorithm, maml = config.model.algorithm, config.model.maml
-    if algorithm in NOT_META_TRAINED and config.train.steps:
+    if not is_meta_trained(algorithm) and config.train.steps:
         raise ConfigError(
             f"model.algorithm={algorithm} adapts per episode and is not "
             "meta-trained: set train.steps=0, and model.pretrained to the backbone to use"
         )
-    if algorithm in NOT_META_TRAINED and not config.model.pretrained:
+    if not is_meta_trained(algorithm) and not config.model.pretrained:
         raise ConfigError(
             f"model.algorithm={algorithm} needs a trained backbone: set "
             "model.pretrained to a run's checkpoint (runs/<run>/best.pt), a weights file or a "

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from metatl.algorithms import MAML, MAML_VARIANTS, FineTune, Learner, LinearProbe, ProtoNet
+from metatl.algorithms import Learner
+from metatl.algorithms.registry import UnknownLearnerError, create_learner
 from metatl.backbones import Backbone, WeightsError, create_backbone, load_pretrained
 from metatl.config import ConfigError, RunConfig
 
@@ -124,14 +123,7 @@ def _size_error(run: RunConfig, in_channels: int, size: int, err: Exception) -> 
 
 
 def _learner(run: RunConfig, backbone: Backbone, n_way: int | None) -> Learner:
-    config = run.model
-    if config.algorithm == "protonet":
-        return ProtoNet(backbone, distance=config.distance, cosine_scale=config.cosine_scale)  # type: ignore[arg-type]
-    if config.algorithm in MAML_VARIANTS:
-        settings = dataclasses.asdict(config.maml) | MAML_VARIANTS[config.algorithm]
-        return MAML(backbone, n_way=n_way if config.maml.head == "learned" else None, **settings)
-    if config.algorithm == "linear":
-        return LinearProbe(backbone, **dataclasses.asdict(run.linear_probe))
-    if config.algorithm == "finetune":
-        return FineTune(backbone, **dataclasses.asdict(run.finetune))
-    raise ConfigError(f"model.algorithm={config.algorithm!r} has no builder")
+    try:
+        return create_learner(run.model.algorithm, backbone, run, n_way)
+    except UnknownLearnerError as err:
+        raise ConfigError(f"model.algorithm: {err}") from None

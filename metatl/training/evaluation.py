@@ -32,7 +32,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from episodes import Episode, EpisodeDataset, EpisodeSpec, LabelledImages
-from metatl.algorithms import MAML, FineTune, Learner, LinearProbe, ProtoNet
+from metatl.algorithms import MAML, Learner, ProtoNet
+from metatl.algorithms.registry import create_learner
 from metatl.backbones import InputSpec, create_backbone
 from metatl.config import RunConfig
 from metatl.functional import MIN_EPISODES_FOR_CI, accuracy, mean_confidence_interval
@@ -443,13 +444,13 @@ def _protonet(learner: Learner, config: RunConfig) -> Learner:
 @register_method("linear")
 def _linear(learner: Learner, config: RunConfig) -> Learner:
     """Logistic regression on frozen features; settings from ``config.linear_probe``."""
-    return LinearProbe(learner.backbone, **dataclasses.asdict(config.linear_probe))
+    return create_learner("linear", learner.backbone, config)
 
 
 @register_method("finetune")
 def _finetune(learner: Learner, config: RunConfig) -> Learner:
     """Head then top blocks fine-tuned per episode; settings from ``config.finetune``."""
-    return FineTune(learner.backbone, **dataclasses.asdict(config.finetune))
+    return create_learner("finetune", learner.backbone, config)
 
 
 @register_method("maml")
