@@ -1,0 +1,31 @@
+"""Examples not covered by a feature's own tests, run in their quick mode."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_maml_step_by_step_adapts_in_the_steps_it_was_trained_for() -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/maml_step_by_step.py", "--quick"],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = re.findall(r"^(\S+) adapt=(\S+): .*: ((?:\d+% ?){6})$", result.stdout, re.M)
+    assert [(name, adapt) for name, adapt, _ in rows] == [
+        ("maml", "all"),
+        ("anil", "head"),
+        ("maml", "top:1"),
+    ], result.stdout
+    for _, _, accuracies in rows:
+        by_step = [int(a.rstrip("%")) for a in accuracies.split()]
+        assert by_step[0] == 20  # a zero head before any step: 1/way
+        assert by_step[1] > 60  # one step, as meta-trained: far above chance
