@@ -18,8 +18,15 @@ GLYPH_FONTS := fonts-noto-cjk fonts-ipaexfont-mincho fonts-morisawa-bizud-gothic
 # (radicals and stroke counts: the dissimilar class split of the layer-transfer study) and
 # Fashion-MNIST (the clothing target of python -m metatl.transfer compare).
 TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi unicode-data dataset-fashion-mnist
+# The modules make docs documents. pdoc shows a package's submodules only when its __all__ names
+# them, and metatl's and episodes' __all__ name only classes and functions: so every public
+# subpackage and module one level down is named here too (each subpackage's own __all__ then
+# decides what its page shows).
+DOC_MODULES := metatl episodes $(sort $(subst /,.,$(basename $(wildcard metatl/[!_]*.py \
+	episodes/[!_]*.py)) $(patsubst %/__init__.py,%,$(wildcard metatl/[!_]*/__init__.py \
+	episodes/[!_]*/__init__.py))))
 
-.PHONY: run test test-slow lint format fonts test-fonts glyphs weights clean
+.PHONY: run test test-slow lint format docs fonts test-fonts glyphs weights clean
 
 run: $(VENV)/.installed fonts glyphs
 	$(BIN)/python -m metatl.train --config $(CONFIG)
@@ -37,6 +44,13 @@ lint: $(VENV)/.dev-installed
 format: $(VENV)/.dev-installed
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The API reference, from the Google-style docstrings, into docs/api/ (rebuilt from scratch).
+# -W error makes every warning pdoc emits (a module that fails to import, a type annotation it
+# cannot resolve, a module named twice, ...) fail the build, as CI wants.
+docs: $(VENV)/.dev-installed
+	rm -rf docs/api
+	$(BIN)/python -W error -m pdoc --docformat google -o docs/api $(DOC_MODULES)
 
 glyphs: $(GLYPHS)/manifest.json
 
@@ -78,4 +92,4 @@ _apt:
 	fi
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache docs/api
