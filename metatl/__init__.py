@@ -9,10 +9,13 @@ The names a user starts from; everything else lives in the subpackages
     data = metatl.load_dataset("image_folder", "my_images", "test", image_size=28)
     learner = metatl.load_learner("runs/<run>").learner      # or:
     learner = metatl.create_learner("protonet", metatl.create_backbone("conv4"))
+    result = metatl.score(learner, data, way=5, shot=1)          # .mean, .ci95
+    run = metatl.fit(["data.dataset=image_folder", "data.root=my_images"])  # train + test
 """
 
 from episodes.datasets import list_datasets, load_dataset, register_dataset
 from metatl.algorithms.registry import create_learner, list_learners, register_learner
+from metatl.api import fit, score
 from metatl.backbones import create_backbone, list_backbones, register_backbone
 from metatl.training.evaluation import EvalResult, paired_difference
 from metatl.training.restore import LoadedLearner, load_learner
@@ -24,6 +27,7 @@ __all__ = [
     "LoadedLearner",
     "create_backbone",
     "create_learner",
+    "fit",
     "list_backbones",
     "list_datasets",
     "list_learners",
@@ -33,4 +37,5 @@ __all__ = [
     "register_backbone",
     "register_dataset",
     "register_learner",
+    "score",
 ]

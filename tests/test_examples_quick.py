@@ -29,3 +29,20 @@ def test_maml_step_by_step_adapts_in_the_steps_it_was_trained_for() -> None:
         by_step = [int(a.rstrip("%")) for a in accuracies.split()]
         assert by_step[0] == 20  # a zero head before any step: 1/way
         assert by_step[1] > 60  # one step, as meta-trained: far above chance
+
+
+def test_quick_start_trains_from_python_and_scores_unseen_classes() -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/quick_start.py", "--quick"],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    found = re.findall(r"^protonet 5-way (\d)-shot: ([\d.]+) ± ([\d.]+) %$", result.stdout, re.M)
+    accuracy = {int(shot): float(mean) for shot, mean, _ in found}
+    assert sorted(accuracy) == [1, 5], result.stdout
+    assert accuracy[1] > 60  # 8 unseen classes, 5-way: chance is 20%
+    assert accuracy[5] > accuracy[1]
