@@ -46,3 +46,19 @@ def test_quick_start_trains_from_python_and_scores_unseen_classes() -> None:
     assert sorted(accuracy) == [1, 5], result.stdout
     assert accuracy[1] > 60  # 8 unseen classes, 5-way: chance is 20%
     assert accuracy[5] > accuracy[1]
+
+
+def test_a_registered_backbone_is_named_from_a_yaml_config() -> None:
+    result = subprocess.run(
+        [sys.executable, "examples/custom_backbone.py", "--quick"],
+        cwd=Path(__file__).parents[1],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    rows = dict(re.findall(r"^\| 5-way (\d)-shot \| ([\d.]+) ±", result.stdout, re.M))
+    assert sorted(rows) == ["1", "5"], result.stdout
+    assert float(rows["1"]) > 40  # 5-way: chance is 20%
+    assert "backbone: TwoBlockNet with 2 blocks" in result.stdout  # the run used it
