@@ -8,8 +8,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from metatl.transfer.layers import (
     study_plan,
 )
 from metatl.transfer.study import read_results, run_layer_study
-from tests.conftest import make_pattern_images, stoppable
+from tests.conftest import make_pattern_images, run_example, stoppable
 
 
 def small(folder_dataset: Path, out_dir: Path, name: str, *extra: str) -> list[str]:
@@ -309,21 +307,12 @@ def test_the_command_runs_a_quick_study_and_writes_its_report(
 
 
 def test_the_example_runs_a_quick_study_on_blobs_and_stripes(tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "examples/layer_transfer_study.py", "--quick", "--out-dir", tmp_path],
-        cwd=Path(__file__).parents[1],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    accuracy = dict(re.findall(r"^  (\S+)\s+([\d.]+)%$", result.stdout, re.M))
-    assert len(accuracy) == 2 * (2 + 5), result.stdout  # bases and every treatment at n=3
+    stdout = run_example("layer_transfer_study.py", "--quick", "--out-dir", str(tmp_path))
+    accuracy = dict(re.findall(r"^  (\S+)\s+([\d.]+)%$", stdout, re.M))
+    assert len(accuracy) == 2 * (2 + 5), stdout  # bases and every treatment at n=3
     assert float(accuracy["random/seed0/baseB"]) > 50  # 20 classes: chance is 5%
     assert float(accuracy["groups/seed0/baseA"]) > 50
-    verdicts = re.findall(r"^  (held|not held|inconclusive) ", result.stdout, re.M)
+    verdicts = re.findall(r"^  (held|not held|inconclusive) ", stdout, re.M)
     assert len(verdicts) == 6
     (study,) = tmp_path.iterdir()
     assert (study / "report.md").is_file() and (study / "figure3.png").is_file()

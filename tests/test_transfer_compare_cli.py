@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ import torch
 from metatl.config import ConfigError, load_config
 from metatl.transfer.__main__ import main
 from metatl.transfer.all_labels import check_same_classes
-from tests.conftest import make_pattern_images, write_image_folder
+from tests.conftest import make_pattern_images, run_example, write_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +115,8 @@ def test_splits_of_other_classes_cannot_make_the_all_labels_budget() -> None:
 
 
 def test_the_example_compares_a_trained_source_with_a_random_one() -> None:
-    result = subprocess.run(
-        [sys.executable, "examples/transfer_compare.py", "--quick"],
-        cwd=Path(__file__).parents[1],
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=True,
-    )
-    best = dict(re.findall(r"^\| (\w+) \| linear \| ([\d.]+) @", result.stdout, re.M))
-    assert set(best) == {"blobs", "random"}, result.stdout
+    stdout = run_example("transfer_compare.py", "--quick")
+    best = dict(re.findall(r"^\| (\w+) \| linear \| ([\d.]+) @", stdout, re.M))
+    assert set(best) == {"blobs", "random"}, stdout
     assert float(best["blobs"]) > float(best["random"]) + 10  # what the source learned helps
-    assert "| blobs | 5 | small |" in result.stdout  # the advice, placed on both axes
+    assert "| blobs | 5 | small |" in stdout  # the advice, placed on both axes

@@ -18,7 +18,7 @@ from metatl.backbones import Backbone
 from metatl.training.data import ImageTransform, load_split
 from metatl.transfer.scores import h_score, leep, logme, nce
 from metatl.transfer.similarity import mmd
-from metatl.transfer.statistics_gap import batchnorm_gaps
+from metatl.transfer.statistics_gap import batchnorm_gaps, check_images
 
 if TYPE_CHECKING:
     from metatl.transfer.sources import Source
@@ -55,11 +55,7 @@ def block_features(
     Raises:
         ValueError: ``images`` is not a non-empty uint8 ``[N, C, H, W]`` tensor.
     """
-    if images.dtype != torch.uint8 or images.dim() != 4 or len(images) == 0:
-        raise ValueError(
-            f"images must be a non-empty uint8 [N, C, H, W] tensor, got {images.dtype} "
-            f"{tuple(images.shape)}"
-        )
+    check_images(images)
     transform = ImageTransform(backbone.input_spec)
     blocks = backbone.blocks
     was_training = backbone.training

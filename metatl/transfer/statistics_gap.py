@@ -59,7 +59,7 @@ def batchnorm_gaps(
     Raises:
         ValueError: ``images`` is not a non-empty uint8 ``[N, C, H, W]`` tensor.
     """
-    _check_images(images)
+    check_images(images)
     block_layers = [_tracked_batchnorms(block) for block in backbone.blocks]
     moments = {bn: _Moments() for layers in block_layers for bn in layers}
     handles: list[RemovableHandle] = []
@@ -144,7 +144,7 @@ class _Moments:
         return mean, var
 
 
-def _check_images(images: torch.Tensor) -> None:
+def check_images(images: torch.Tensor) -> None:
     """Raise ValueError unless ``images`` is a non-empty uint8 ``[N, C, H, W]`` tensor."""
     if images.dtype != torch.uint8 or images.dim() != 4 or len(images) == 0:
         raise ValueError(
