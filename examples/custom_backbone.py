@@ -14,10 +14,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch import nn
 
 import metatl
+from episodes.synthetic import write_blob_folder
 from metatl.backbones import Backbone, InputSpec
 
 
@@ -64,26 +64,17 @@ test: {{shots: [1, 5], query: 5, episodes: 50}}
 """
 
 
-def blobs(root: Path) -> Path:
-    """30 classes of noisy blurred blobs, 12 images each: 20 train, 5 val, 5 test."""
-    gen = torch.Generator().manual_seed(0)
-    patterns = torch.nn.functional.interpolate(torch.rand(30, 1, 7, 7, generator=gen), size=28)
-    for c, pattern in enumerate(patterns):
-        folder = root / ("train" if c < 20 else "val" if c < 25 else "test") / f"class{c:02d}"
-        folder.mkdir(parents=True)
-        for i in range(12):
-            noisy = (pattern[0] * 255 + 120 * torch.randn(28, 28, generator=gen)).clamp(0, 255)
-            Image.fromarray(noisy.to(torch.uint8).numpy(), mode="L").save(folder / f"{i}.png")
-    return root
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, help="image folder with train/, val/, test/")
     parser.add_argument("--quick", action="store_true", help="synthetic blobs, 40 steps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = blobs(Path(tmp) / "data") if args.quick else args.data
+        root = (
+            write_blob_folder(Path(tmp) / "data", {"train": 20, "val": 5, "test": 5}, 12, 120.0)
+            if args.quick
+            else args.data
+        )
         config = Path(tmp) / "two_block.yaml"
         config.write_text(CONFIG.format(root=root, steps=40 if args.quick else 1000))
         run = metatl.fit(config, [f"out_dir={Path(tmp) / 'runs'}", "tracking.wandb.mode=disabled"])

@@ -16,25 +16,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 import metatl
 from episodes import EpisodeDataset, EpisodeSpec
+from episodes.synthetic import write_blob_folder
 from metatl.config import load_config
 from metatl.training import ImageTransform
-
-
-def blobs(root: Path) -> Path:
-    """30 classes of noisy blurred blobs as an image folder: 20 train, 10 test."""
-    gen = torch.Generator().manual_seed(0)
-    patterns = torch.nn.functional.interpolate(torch.rand(30, 1, 7, 7, generator=gen), size=28)
-    for c, pattern in enumerate(patterns):
-        folder = root / ("train" if c < 20 else "test") / f"class{c:02d}"
-        folder.mkdir(parents=True)
-        for i in range(10):
-            noisy = (pattern[0] * 255 + 60 * torch.randn(28, 28, generator=gen)).clamp(0, 255)
-            Image.fromarray(noisy.to(torch.uint8).numpy(), mode="L").save(folder / f"{i}.png")
-    return root
 
 
 def episodes(
@@ -51,7 +38,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="synthetic blobs, 40 steps")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = blobs(Path(tmp)) if args.quick else args.data
+        root = (
+            write_blob_folder(Path(tmp), {"train": 20, "test": 10}, 10, 60.0)
+            if args.quick
+            else args.data
+        )
         steps = 40 if args.quick else args.steps
         torch.manual_seed(0)
         config = load_config(None, ["model.maml.inner_steps=1", "model.maml.inner_lr=0.4"])

@@ -14,24 +14,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-from PIL import Image
-
 import metatl
-
-
-def blobs(root: Path) -> Path:
-    """40 classes of noisy blurred blobs, 20 images each: 24 train, 8 val, 8 test."""
-    gen = torch.Generator().manual_seed(0)
-    patterns = torch.nn.functional.interpolate(torch.rand(40, 1, 7, 7, generator=gen), size=28)
-    for c, pattern in enumerate(patterns):
-        split = "train" if c < 24 else "val" if c < 32 else "test"
-        folder = root / split / f"class{c:02d}"
-        folder.mkdir(parents=True)
-        for i in range(20):
-            noisy = (pattern[0] * 255 + 150 * torch.randn(28, 28, generator=gen)).clamp(0, 255)
-            Image.fromarray(noisy.to(torch.uint8).numpy(), mode="L").save(folder / f"{i}.png")
-    return root
+from episodes.synthetic import write_blob_folder
 
 
 def main() -> None:
@@ -42,7 +26,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = blobs(Path(tmp) / "data") if args.quick else args.data
+        data = (
+            write_blob_folder(Path(tmp) / "data", {"train": 24, "val": 8, "test": 8}, 20, 150.0)
+            if args.quick
+            else args.data
+        )
         steps = 60 if args.quick else args.steps
         run = metatl.fit(
             [

@@ -20,31 +20,18 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from episodes.synthetic import write_blob_folder
 from metatl.config import load_config
 from metatl.reports.compare import render_summary, write_compare_report
 from metatl.training.pretrain import run_pretraining
 from metatl.transfer import run_compare
 
 
-def synthetic_data(root: Path) -> Path:
-    """40 classes of blurred blobs, 16 images each, as an image folder: 30 train, 10 test."""
-    gen = torch.Generator().manual_seed(1)
-    patterns = torch.nn.functional.interpolate(torch.rand(40, 1, 7, 7, generator=gen), size=28)
-    for c, pattern in enumerate(patterns):
-        folder = root / ("train" if c < 30 else "test") / f"class{c:02d}"
-        folder.mkdir(parents=True)
-        for i in range(16):
-            noisy = (pattern[0] * 255 + 120 * torch.randn(28, 28, generator=gen)).clamp(0, 255)
-            Image.fromarray(noisy.to(torch.uint8).numpy(), mode="L").save(folder / f"{i}.png")
-    return root
-
-
 def quick(workdir: Path) -> list[str]:
     """Overrides of a small comparison: a Conv-4 pretrained briefly on the 30 training
     classes against a random Conv-4, on the 10 test classes."""
-    data = synthetic_data(workdir / "data")
+    data = write_blob_folder(workdir / "data", {"train": 30, "test": 10}, 16, 120.0, seed=1)
     common = [
         "data.dataset=image_folder",
         f"data.root={data}",

@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from episodes.synthetic import write_blob_folder
 from metatl.backbones import create_backbone, load_pretrained
 from metatl.config import DataConfig, load_config
 from metatl.training import load_checkpoint, load_split, run_experiment
@@ -38,15 +38,7 @@ def trained_backbone(run: Path, channels: int, size: int) -> torch.nn.Module:
 
 def quick_run(root: Path) -> tuple[Path, DataConfig]:
     """A tiny image folder of 30 synthetic classes and a ProtoNet trained on it (40 steps)."""
-    gen = torch.Generator().manual_seed(1)
-    patterns = torch.nn.functional.interpolate(torch.rand(30, 1, 7, 7, generator=gen), size=28)
-    for c, pattern in enumerate(patterns):
-        split = "train" if c < 20 else "val" if c < 25 else "test"
-        folder = root / "data" / split / f"class{c:02d}"
-        folder.mkdir(parents=True)
-        for i in range(12):
-            noisy = (pattern[0] * 255 + 40 * torch.randn(28, 28, generator=gen)).clamp(0, 255)
-            Image.fromarray(noisy.to(torch.uint8).numpy(), mode="L").save(folder / f"{i}.png")
+    write_blob_folder(root / "data", {"train": 20, "val": 5, "test": 5}, 12, noise=40.0, seed=1)
     data = ["data.dataset=image_folder", f"data.root={root / 'data'}", "episodes.way=5"]
     settings = [
         "train.steps=40",

@@ -56,3 +56,15 @@ def test_a_registered_dataset_is_a_choice_of_the_run_config(
     assert seen == [(Path("somewhere"), "val", 28)] and data.num_classes == 5
     with pytest.warns(UserWarning, match="registered twice"):
         register_dataset("blobs")(_blobs)
+
+
+def test_blob_folders_are_seeded_image_folders_with_disjoint_classes(tmp_path: Path) -> None:
+    from episodes.synthetic import write_blob_folder
+
+    root = write_blob_folder(tmp_path / "a", {"train": 3, "test": 2}, 4, noise=30.0, seed=2)
+    train = load_dataset("image_folder", root, "train")
+    test = load_dataset("image_folder", root, "test")
+    assert train.class_names == ("class00", "class01", "class02") and len(train) == 12
+    assert test.class_names == ("class03", "class04") and test.image_shape == (1, 28, 28)
+    again = write_blob_folder(tmp_path / "b", {"train": 3, "test": 2}, 4, noise=30.0, seed=2)
+    assert (again / "test/class04/3.png").read_bytes() == (root / "test/class04/3.png").read_bytes()
