@@ -57,12 +57,17 @@ ARCHITECTURE_KEYS = (
     "model.distance",
     "model.maml.head",
     "model.maml.meta_sgd",
+    "model.caml.dim",
+    "model.caml.layers",
+    "model.caml.heads",
+    "model.caml.ffn_mult",
+    "model.caml.max_way",
 )
 """Config keys whose value decides which weights a checkpoint holds: an override that changes
 one is refused (``model.distance`` only for a ProtoNet checkpoint, ``model.maml.*`` only for
-one of the MAML family). Others that may change shapes (``data.image_size``,
-``model.input_size``, ``episodes.way`` for a learned head) are allowed as long as the weights
-still fit."""
+one of the MAML family, ``model.caml.*`` only for a CAML one). Others that may change shapes
+(``data.image_size``, ``model.input_size``, ``episodes.way`` for a learned head) are allowed as
+long as the weights still fit."""
 
 _KEY = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 
@@ -364,6 +369,7 @@ def _refuse_architecture_changes(
         if k in given
         and (k != "model.distance" or algorithm == "protonet")
         and (not k.startswith("model.maml.") or algorithm in MAML_VARIANTS)
+        and (not k.startswith("model.caml.") or algorithm == "caml")
     ]
     if not keys:
         return

@@ -1,6 +1,7 @@
 """Few-shot learners, one per module, all on the :class:`Learner` contract."""
 
 from metatl.algorithms.base import Learner
+from metatl.algorithms.caml import CAML, CAMLState
 from metatl.algorithms.finetune import FineTune, FineTuneState
 from metatl.algorithms.linear_probe import LinearHead, LinearProbe
 from metatl.algorithms.maml import ANIL, FOMAML, MAML, MAML_VARIANTS, MAMLState, MetaSGD
@@ -8,9 +9,11 @@ from metatl.algorithms.protonet import ProtoNet, PrototypeState
 
 __all__ = [
     "ANIL",
+    "CAML",
     "FOMAML",
     "MAML",
     "MAML_VARIANTS",
+    "CAMLState",
     "FineTune",
     "FineTuneState",
     "Learner",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from metatl.algorithms.base import Learner
+from metatl.algorithms.caml import CAML
 from metatl.algorithms.finetune import FineTune
 from metatl.algorithms.linear_probe import LinearProbe
 from metatl.algorithms.maml import MAML, MAML_VARIANTS
@@ -126,6 +127,11 @@ def _maml_variant(name: str) -> LearnerBuilder:
 
 for _variant in MAML_VARIANTS:
     register_learner(_variant)(_maml_variant(_variant))
+
+
+@register_learner("caml")
+def _caml(backbone: Backbone, config: RunConfig, n_way: int | None) -> Learner:
+    return CAML(backbone, **dataclasses.asdict(config.model.caml))
 
 
 @register_learner("linear", meta_trained=False)

@@ -245,10 +245,29 @@ def _check_learner(config: RunConfig) -> None:
     if not re.fullmatch(r"all|head|top:[1-9]\d*", maml.adapt):
         raise ConfigError(f"model.maml.adapt={maml.adapt!r} is not allowed; use all, head or top:N")
     ways = (config.episodes.way, config.train.val_way, config.test.way)
+    if algorithm == "caml":
+        _check_caml(config, ways)
     if algorithm != "protonet" and maml.head == "learned" and len(set(ways)) > 1:
         raise ConfigError(
             "model.maml.head=learned fixes the way: episodes.way, train.val_way and test.way "
             f"must be equal, got {ways[0]}, {ways[1]}, {ways[2]} (or use model.maml.head=zero)"
+        )
+
+
+def _check_caml(config: RunConfig, ways: tuple[int, int, int]) -> None:
+    caml = config.model.caml
+    if caml.dim <= caml.max_way:
+        raise ConfigError(
+            f"model.caml.dim={caml.dim} leaves no feature dimensions next to the "
+            f"model.caml.max_way={caml.max_way} label dimensions: make dim larger than max_way"
+        )
+    if caml.dim % caml.heads:
+        raise ConfigError(f"model.caml.heads={caml.heads} must divide model.caml.dim={caml.dim}")
+    if max(ways) > caml.max_way:
+        raise ConfigError(
+            f"model.caml.max_way={caml.max_way} label slots cannot classify {max(ways)}-way "
+            f"episodes (episodes.way, train.val_way, test.way = {ways[0]}, {ways[1]}, "
+            f"{ways[2]}): raise model.caml.max_way (before training) or lower the way"
         )
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from metatl.config.domains import between, fraction, positive
 
 __all__ = [
+    "CAMLConfig",
     "DataConfig",
     "EpisodesConfig",
     "FineTuneConfig",
@@ -89,6 +90,21 @@ class MAMLConfig:
 
 
 @dataclass(frozen=True)
+class CAMLConfig:
+    """``model.algorithm=caml``: a transformer over the episode's (feature, label) tokens."""
+
+    # Token width: dim - max_way feature dimensions and max_way label dimensions.
+    dim: int = field(default=128, metadata=between(3, 65_536))
+    layers: int = field(default=2, metadata=between(1, 1000))
+    heads: int = field(default=4, metadata=between(1, 1024, "must divide dim"))
+    ffn_mult: int = field(default=2, metadata=between(1, 64))
+    # Label slots: the largest way the learner can classify (train, validation and test).
+    max_way: int = field(default=32, metadata=between(2, COUNT))
+    dropout: float = field(default=0.0, metadata=fraction())
+    freeze_backbone: bool = False
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """The learner and its backbone."""
 
@@ -102,6 +118,7 @@ class ModelConfig:
     distance: str = "sqeuclidean"
     cosine_scale: float = field(default=10.0, metadata=positive(10_000.0))
     maml: MAMLConfig = field(default_factory=MAMLConfig)
+    caml: CAMLConfig = field(default_factory=CAMLConfig)
 
 
 @dataclass(frozen=True)
