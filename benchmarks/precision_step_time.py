@@ -1,14 +1,16 @@
-"""Time per meta-training step at fp32 vs bf16 (or fp16) autocast on this machine (median ms).
+"""Time per meta-training step of learners at fp32 vs bf16 (or fp16) autocast (median ms).
 
     python benchmarks/precision_step_time.py                      # ProtoNet, Conv-4 28x28
     python benchmarks/precision_step_time.py --algorithm maml --way 5 --shot 1 --query 15
     python benchmarks/precision_step_time.py --backbone resnet12 --size 84 --channels 3
+    python benchmarks/precision_step_time.py --algorithm protonet caml maml --precisions bf16 \
+        --set model.caml.freeze_backbone=true                    # learners side by side
 
 One step is what ``metatl.training.meta_train`` does: the learner's loss on an episode under
 ``autocast(device, precision)``, backward through the loss scaler, an Adam step. Each round
-times every precision once, in a shuffled order, and the ratio to fp32 is taken within the
-round (then the median over rounds), so a noisy shared machine affects all alike. Both models
-start from the same weights and see the same episodes.
+times every (learner, precision) once, in a shuffled order, and the ratio to the first is
+taken within the round (then the median over rounds), so a noisy shared machine affects all
+alike. Every learner starts from the same backbone weights and sees the same episode.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from metatl.training.device import autocast, grad_scaler, resolve_device
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algorithm", default="protonet")
+    parser.add_argument("--algorithm", nargs="+", default=["protonet"])
     parser.add_argument("--backbone", default="conv4")
     parser.add_argument("--channels", type=int, default=1)
     parser.add_argument("--size", type=int, default=28)
@@ -41,23 +43,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides for all learners")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    config = load_config(
-        None,
-        [
-            f"model.algorithm={args.algorithm}",
-            f"model.backbone={args.backbone}",
-            f"episodes.way={args.way}",
-            f"test.way={args.way}",
-            f"train.val_way={args.way}",
-        ],
-    )
-    torch.manual_seed(0)
-    base = build_learner(config, args.channels, args.size, n_way=args.way)
-    base = base.to(device, memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
     shape = (args.channels, args.size, args.size)
     episode = Episode(
@@ -69,54 +59,70 @@ def main() -> None:
     ).to(device)
 
     runners = {}
-    for precision in args.precisions:
-        learner = copy.deepcopy(base)
-        optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-        scaler = grad_scaler(device, precision)
+    for algorithm in args.algorithm:
+        config = load_config(
+            None,
+            [
+                f"model.algorithm={algorithm}",
+                f"model.backbone={args.backbone}",
+                f"episodes.way={args.way}",
+                f"test.way={args.way}",
+                f"train.val_way={args.way}",
+                *args.set,
+            ],
+        )
+        torch.manual_seed(0)
+        base = build_learner(config, args.channels, args.size, n_way=args.way)
+        base = base.to(device, memory_format=torch.channels_last)
+        for precision in args.precisions:
+            learner = copy.deepcopy(base)
+            optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+            scaler = grad_scaler(device, precision)
 
-        def step(learner=learner, optimizer=optimizer, scaler=scaler, precision=precision):
-            learner.train()
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(device, precision):
-                loss, _ = learner.loss(episode)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            def step(learner=learner, optimizer=optimizer, scaler=scaler, precision=precision):
+                learner.train()
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, precision):
+                    loss, _ = learner.loss(episode)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
 
-        runners[precision] = step
+            runners[f"{algorithm} {precision}"] = step
 
     for run in runners.values():  # warm-up: oneDNN picks and caches its kernels
         for _ in range(3):
             run()
-    times: dict[str, list[float]] = {p: [] for p in runners}
-    ratios: dict[str, list[float]] = {p: [] for p in runners}
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    ratios: dict[str, list[float]] = {name: [] for name in runners}
+    reference = next(iter(runners))
     rng = random.Random(0)
     for _ in range(args.rounds):
         order = list(runners)
         rng.shuffle(order)
         this_round = {}
-        for precision in order:
+        for name in order:
             start = time.perf_counter()
             for _ in range(args.steps):
-                runners[precision]()
+                runners[name]()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            this_round[precision] = (time.perf_counter() - start) / args.steps
-        for precision, seconds in this_round.items():
-            times[precision].append(seconds)
-            ratios[precision].append(seconds / this_round[args.precisions[0]])
+            this_round[name] = (time.perf_counter() - start) / args.steps
+        for name, seconds in this_round.items():
+            times[name].append(seconds)
+            ratios[name].append(seconds / this_round[reference])
 
     print(
-        f"{args.algorithm} {args.backbone} {args.size}x{args.size}x{args.channels}, "
+        f"{', '.join(args.algorithm)} {args.backbone} {args.size}x{args.size}x{args.channels}, "
         f"{args.way}-way {args.shot}-shot {args.query}-query, {device}, "
         f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps\n"
     )
-    print(f"| precision | median ms/step | min ms/step | ratio to {args.precisions[0]} (median) |")
+    print(f"| learner, precision | median ms/step | min ms/step | ratio to {reference} (median) |")
     print("| --- | --- | --- | --- |")
-    for precision in runners:
+    for name in runners:
         print(
-            f"| {precision} | {1e3 * statistics.median(times[precision]):.1f} "
-            f"| {1e3 * min(times[precision]):.1f} | {statistics.median(ratios[precision]):.2f} |"
+            f"| {name} | {1e3 * statistics.median(times[name]):.1f} "
+            f"| {1e3 * min(times[name]):.1f} | {statistics.median(ratios[name]):.2f} |"
         )
 
 
