@@ -1,5 +1,6 @@
 """``python -m metatl.pretrain [--config FILE] [key=value ...]`` or ``--resume RUN_DIR``:
-supervised whole-class pretraining of a backbone, then a few-shot test of it."""
+pretraining of a backbone (``pretrain.objective``: supervised whole-class, rotation, SimCLR
+or supervised+rotation), then a few-shot test of it."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from metatl.training.pretrain import run_pretraining
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m metatl.pretrain",
-        description="Pretrain a backbone with cross-entropy over every training class, keep "
-        "the best on few-shot validation (nearest class mean), and report test accuracy ± "
-        "95% CI on a fixed set of episodes. Use the result as "
+        description="Pretrain a backbone by pretrain.objective: supervised (cross-entropy over "
+        "every training class, the default), rotation (predict 0/90/180/270 degrees) or "
+        "simclr (contrastive views), both from the images alone, or supervised+rotation; "
+        "keep the best on few-shot validation (nearest class mean), and report test accuracy "
+        "± 95% CI on a fixed set of episodes. Use the result as "
         "model.pretrained=RUN_DIR/best.pt for python -m metatl.train.",
-        epilog="Overrides: dotted keys of the config, e.g. pretrain.epochs=10 or "
-        "--pretrain.lr=0.1.",
+        epilog="Overrides: dotted keys of the config, e.g. pretrain.epochs=10, "
+        "pretrain.objective=rotation or --pretrain.lr=0.1.",
     )
     add_run_arguments(parser)
     args, overrides = parser.parse_known_args(argv)

@@ -45,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "finetune.optimizer": ("sgd", "adam"),
     "model.distance": ("sqeuclidean", "cosine"),
     "pretrain.augment": ("none", "crop", "crop_flip"),
+    "pretrain.objective": ("supervised", "rotation", "simclr", "supervised+rotation"),
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }

@@ -190,11 +190,17 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """``python -m metatl.pretrain``: supervised whole-class pretraining of the backbone
-    (cross-entropy over every training class, then ``model.pretrained`` for meta-training).
+    """``python -m metatl.pretrain``: pretraining of the backbone, then ``model.pretrained``
+    for meta-training or fine-tuning.
 
-    Validation is few-shot: nearest class mean on the backbone's features over the
-    ``train.val_*`` episodes, after every ``val_every`` epochs; the best is kept.
+    ``objective``: ``supervised`` (cross-entropy over every training class), ``rotation``
+    (predict which of 0/90/180/270 degrees an image was turned by; Gidaris et al. 2018),
+    ``simclr`` (two augmented views of an image, NT-Xent; Chen et al. 2020) or
+    ``supervised+rotation`` (the supervised loss plus ``rotation_weight`` times the rotation
+    loss; Gidaris et al. 2019). ``rotation`` and ``simclr`` read the training images only,
+    never their labels. Validation is few-shot whatever the objective: nearest class mean on
+    the backbone's features over the ``train.val_*`` episodes, after every ``val_every``
+    epochs; the best is kept.
     """
 
     epochs: int = field(default=20, metadata=between(1, EPOCHS))
@@ -208,6 +214,17 @@ class PretrainConfig:
     # pixels of padding before the random crop, at the input size
     crop_padding: int = field(default=4, metadata=between(0, SIZE))
     val_every: int = field(default=1, metadata=between(1, EPOCHS))
+    objective: str = "supervised"  # supervised | rotation | simclr | supervised+rotation
+    # supervised+rotation: weight of the rotation loss next to the supervised one (paper: 1)
+    rotation_weight: float = field(default=1.0, metadata=between(0, 100))
+    # simclr: NT-Xent temperature (the paper's CIFAR-10 value) and projection head output size
+    simclr_temperature: float = field(default=0.5, metadata=between(0.01, 10))
+    simclr_dim: int = field(default=128, metadata=between(1, 65_536))
+    # simclr views (instead of augment): a random crop of this fraction of the area or more
+    # (the paper's 0.08 loses a 28x28 glyph), resized back; brightness and contrast factors
+    # in [1 - simclr_jitter, 1 + simclr_jitter] with probability 0.8 (0.8 x strength 0.5)
+    simclr_crop_scale: float = field(default=0.3, metadata=positive(1))
+    simclr_jitter: float = field(default=0.4, metadata=fraction())
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,14 @@
-"""Supervised whole-class pretraining of a backbone (the "Baseline" / RFS recipe).
+"""Pretraining of a backbone on the source training split, by ``pretrain.objective``.
 
-Cross-entropy over every class of the source training split with a linear classifier on
-the backbone, SGD with momentum and a cosine learning rate; validation is few-shot (nearest
-class mean on the backbone's features over fixed episodes), and the best checkpoint is
-``model.pretrained`` for meta-training or fine-tuning::
+``supervised`` (the default) is whole-class pretraining (the "Baseline" / RFS recipe):
+cross-entropy over every class of the split with a linear classifier on the backbone.
+``rotation`` and ``simclr`` are self-supervised and read the split's images only;
+``supervised+rotation`` adds the rotation loss to the supervised one (see
+:mod:`metatl.training.objectives`). Whatever the objective: SGD with momentum and a cosine
+learning rate on the one :class:`~metatl.training.loop.TrainingLoop`; validation is few-shot
+(nearest class mean on the backbone's features over fixed episodes), and the best checkpoint
+is ``model.pretrained`` for meta-training or fine-tuning (its heads are saved with it, only
+its ``backbone.*`` weights are read)::
 
     python -m metatl.pretrain --config configs/pretrain_conv4_glyphs.yaml
     python -m metatl.train --config configs/protonet_conv4_glyphs_pretrained.yaml \\
@@ -25,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from episodes import EpisodeSampler, EpisodeSpec, LabelledImages
@@ -51,6 +55,7 @@ from metatl.training.meta_train import (
     finish_run,
     test_best,
 )
+from metatl.training.objectives import LabelledObjective, build_heads, build_objective
 from metatl.training.preemption import StopRequest
 from metatl.training.run_dir import (
     data_fingerprint,
@@ -59,6 +64,7 @@ from metatl.training.run_dir import (
 
 __all__ = [
     "RESUME_KEYS",
+    "PretrainModel",
     "Pretrainer",
     "SupervisedModel",
     "build_model",
@@ -75,21 +81,23 @@ RESUME_KEYS = ("optimizer", "scaler", "epoch", "batch", "step", "val", "rng", "t
 _ORDER, _AUGMENT = 0, 1
 
 
-class SupervisedModel(nn.Module):
-    """A backbone and a linear classifier over every training class.
+class PretrainModel(nn.Module):
+    """A backbone and the heads a pretraining objective trains on it (a classifier, a
+    rotation head, a projection head; see :func:`metatl.training.objectives.build_heads`).
 
-    Its state dict holds ``backbone.*`` and ``classifier.*`` keys, so a checkpoint of it is
+    Its state dict holds ``backbone.*`` keys and one prefix per head, so a checkpoint of it is
     directly usable as ``model.pretrained`` (only the ``backbone.*`` keys are read).
 
     Args:
         backbone: The feature extractor, ``[B, C, H, W] -> [B, D]``.
-        num_classes: Classes of the training split.
+        heads: Modules on the features, by attribute name, registered in this order.
     """
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+    def __init__(self, backbone: Backbone, heads: dict[str, nn.Module] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
-        self.classifier = nn.Linear(backbone.out_dim, num_classes)
+        for name, head in (heads or {}).items():
+            self.add_module(name, head)
         self.frozen_blocks = 0
 
     def freeze_blocks(self, n: int) -> None:
@@ -104,11 +112,30 @@ class SupervisedModel(nn.Module):
         self.frozen_blocks = n
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> SupervisedModel:
+    def train(self, mode: bool = True) -> PretrainModel:
         super().train(mode)
         for block in self.backbone.blocks[: self.frozen_blocks]:
             block.train(False)
         return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` images -> ``[B, D]`` backbone features."""
+        return self.backbone(x)
+
+
+class SupervisedModel(PretrainModel):
+    """A backbone and a linear classifier over every training class (``backbone.*`` and
+    ``classifier.*`` in its state dict).
+
+    Args:
+        backbone: The feature extractor, ``[B, C, H, W] -> [B, D]``.
+        num_classes: Classes of the training split.
+    """
+
+    classifier: nn.Linear
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__(backbone, {"classifier": nn.Linear(backbone.out_dim, num_classes)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` images -> ``[B, num_classes]`` logits."""
@@ -123,13 +150,15 @@ def cosine_lr(step: int, total: int, base: float) -> float:
 
 def build_model(
     config: RunConfig, train_data: LabelledImages, *, load_pretrained: bool = True
-) -> SupervisedModel:
-    """A fresh backbone (``model.backbone``, ``model.input_size``) with a classifier over
-    every class of ``train_data``, seeded by the global torch RNG.
+) -> PretrainModel:
+    """A fresh backbone (``model.backbone``, ``model.input_size``) with the heads of
+    ``pretrain.objective``, seeded by the global torch RNG: for ``supervised`` a
+    :class:`SupervisedModel` with a classifier over every class of ``train_data``.
 
     Args:
         config: The run config.
-        train_data: Its channels and size fix the backbone's input, its classes the head.
+        train_data: Its channels and size fix the backbone's input, its number of classes
+            the classifier's outputs (its labels are not read).
         load_pretrained: Load ``model.pretrained`` into the backbone (off when a checkpoint
             overwrites every weight anyway).
 
@@ -139,7 +168,10 @@ def build_model(
     """
     channels, size, _ = train_data.image_shape
     backbone = build_backbone(config, channels, size, load_weights=load_pretrained)
-    return SupervisedModel(backbone, train_data.num_classes)
+    if config.pretrain.objective == "supervised":
+        return SupervisedModel(backbone, train_data.num_classes)
+    heads = build_heads(config.pretrain, backbone.out_dim, train_data.num_classes)
+    return PretrainModel(backbone, heads)
 
 
 @dataclass(frozen=True)
@@ -154,19 +186,26 @@ class Position:
 
 
 class Pretrainer:
-    """Supervised pretraining's step (a batch of images, one SGD step on their
-    cross-entropy) for the :class:`TrainingLoop`, which it runs as :meth:`fit`.
+    """Pretraining's step (a batch of images, one SGD step on the loss of
+    ``pretrain.objective``) for the :class:`TrainingLoop`, which it runs as :meth:`fit`.
 
     Each epoch visits ``len(train_data) // batch_size`` batches of a fresh seeded permutation
     (the remainder is left out of that epoch; a split smaller than a batch is one batch). The
     batch order of an epoch and each batch's augmentation depend on ``(seed, epoch, batch)``
     only, so step ``s`` is the same batch however the run got there.
 
+    The objective (:mod:`metatl.training.objectives`) makes the network's input from the
+    batch's images and scores the model's outputs; the training labels of the batch are
+    gathered only for a :class:`~metatl.training.objectives.LabelledObjective`, so the
+    self-supervised objectives never read one.
+
     Args:
-        model: Backbone and classifier (see :func:`build_model`); moved to the device.
+        model: Backbone and the objective's heads (see :func:`build_model`); moved to the
+            device.
         config: The run config; ``pretrain`` holds the loop's settings, ``train.val_*`` the
             validation episodes, ``train.log_every`` the logging period in steps.
-        train_data: The source split; every class is a target of the classifier.
+        train_data: The source split; for a supervised objective every class is a target
+            of the classifier.
         val_data: The split validation episodes are drawn from.
         run_dir: Where ``best.pt`` and ``last.pt`` are written.
         tracker: Receives ``train/*`` and ``val/*`` metrics at optimiser steps.
@@ -180,7 +219,7 @@ class Pretrainer:
 
     def __init__(
         self,
-        model: SupervisedModel,
+        model: PretrainModel,
         config: RunConfig,
         train_data: LabelledImages,
         val_data: LabelledImages,
@@ -205,6 +244,15 @@ class Pretrainer:
         self.scaler = grad_scaler(self.device, config.precision)
         self.transform = ImageTransform(model.backbone.input_spec)
         self.augment = BatchAugment(p.augment, p.crop_padding)
+        self.objective = build_objective(p, self.transform, self.augment)
+        missing = [
+            h for h in self.objective.heads if not isinstance(getattr(model, h, None), nn.Module)
+        ]
+        if missing:
+            raise ConfigError(
+                f"pretrain.objective={p.objective} trains the model's {' and '.join(missing)}, "
+                "which this model lacks (metatl.training.pretrain.build_model builds it)"
+            )
         self.batch_size = self.items_per_step = min(p.batch_size, len(train_data))
         self.batches_per_epoch = len(train_data) // self.batch_size
         self.total_steps = p.epochs * self.batches_per_epoch
@@ -239,35 +287,41 @@ class Pretrainer:
     # ---- the strategy ----------------------------------------------------------------------
 
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``index`` of epoch ``epoch`` (0-based), augmented, on the device.
+        """Batch ``index`` of epoch ``epoch`` (0-based) as the objective's input, on the
+        device.
 
         Returns:
-            Images ``[B, C, S, S]`` (float, normalised, at the backbone's input size) and
-            labels int64 ``[B]``.
+            The network's input (for ``supervised``: the augmented images ``[B, C, S, S]``,
+            float, normalised, at the backbone's input size) and the batch's image indices
+            into ``train_data`` (int64 ``[B]``).
         """
         if self._order is None or self._order[0] != epoch:
             generator = derived_generator(self.config.seed, _ORDER, epoch)
             self._order = (epoch, torch.randperm(len(self.train_data), generator=generator))
         items = self._order[1][index * self.batch_size : (index + 1) * self.batch_size]
-        images = self.transform(self.train_data.images[items])
-        images = self.augment(images, derived_generator(self.config.seed, _AUGMENT, epoch, index))
-        images = images.to(self.device, non_blocking=True).contiguous(
+        generator = derived_generator(self.config.seed, _AUGMENT, epoch, index)
+        inputs = self.objective.inputs(self.train_data.images[items], generator)
+        inputs = inputs.to(self.device, non_blocking=True).contiguous(
             memory_format=self.memory_format
         )
-        return images, self.train_data.labels[items].to(self.device, non_blocking=True)
+        return inputs, items
 
     def train_step(self, step: int) -> dict[str, float]:
         """Optimiser step ``step`` (1-based) at its cosine learning rate; ``{"loss",
         "accuracy", "lr"}``. Raises :class:`NonFiniteLoss` before any update."""
-        p = self.config.pretrain
-        lr = cosine_lr(step - 1, self.total_steps, p.lr)
+        lr = cosine_lr(step - 1, self.total_steps, self.config.pretrain.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images, labels = self.batch(*divmod(step - 1, self.batches_per_epoch))
+        inputs, items = self.batch(*divmod(step - 1, self.batches_per_epoch))
+        objective = self.objective
         self.model.train()
         with autocast(self.device, self.config.precision):
-            logits = self.model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=p.label_smoothing)
+            outputs = objective.forward(self.model, inputs)
+        if isinstance(objective, LabelledObjective):
+            labels = self.train_data.labels[items].to(self.device, non_blocking=True)
+            loss, accuracy = objective.criterion(outputs, labels)
+        else:  # learns from the images alone: no label is gathered
+            loss, accuracy = objective.criterion(outputs)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLoss(value)
@@ -275,7 +329,6 @@ class Pretrainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        accuracy = float((logits.detach().argmax(1) == labels).float().mean())
         return {"loss": value, "accuracy": accuracy, "lr": lr}
 
     def where(self, step: int) -> str:
@@ -376,7 +429,8 @@ def run_pretraining(
     stop: StopRequest | None = None,
     report: ReportWriter | None = None,
 ) -> RunResult:
-    """Pretrain on the source split, then test the best backbone; all in one run directory.
+    """Pretrain on the source split (by ``pretrain.objective``), then test the best
+    backbone; all in one run directory.
 
     The test scores ``protonet`` (nearest class mean on the pretrained features), then
     ``test.methods``, then ``pixels`` if ``test.pixel_baseline``, on the fixed ``test``
@@ -405,7 +459,9 @@ def run_pretraining(
         )
         config, splits = start.config, start.splits
         model, methods, eval_config = _build(start)
-        prefix = f"pretrain-{config.model.backbone}-{config.data.dataset}"
+        objective = config.pretrain.objective
+        kind = "" if objective == "supervised" else f"{objective.replace('+', '-')}-"
+        prefix = f"pretrain-{kind}{config.model.backbone}-{config.data.dataset}"
         run = open_run(hold, start, Pretrainer.resume_command, stop, prefix)
         trainer = Pretrainer(
             model,
@@ -419,8 +475,10 @@ def run_pretraining(
         if start.resume is not None:
             trainer.resume(start.resume, str(run.run_dir / "last.pt"))
         logger.info(
-            "run directory %s; %d train classes (%d images), %d batches of %d per epoch; %s, %s",
+            "run directory %s; objective %s; %d train classes (%d images), %d batches of %d "
+            "per epoch; %s, %s",
             run.run_dir,
+            objective,
             splits["train"].num_classes,
             len(splits["train"]),
             trainer.batches_per_epoch,
@@ -438,7 +496,7 @@ def run_pretraining(
         return result
 
 
-def _build(start: RunStart) -> tuple[SupervisedModel, list[str], RunConfig]:
+def _build(start: RunStart) -> tuple[PretrainModel, list[str], RunConfig]:
     """The model, the test methods and the config they are tested with (nearest class mean
     as ``protonet`` on the backbone), after checking every episode shape can be drawn."""
     config, splits = start.config, start.splits
