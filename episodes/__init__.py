@@ -4,6 +4,7 @@ This package depends on torch only (never on ``metatl``), so it can feed any lea
 """
 
 from episodes.data import LabelledImages, merge_by_class, resize_images
+from episodes.domains import DomainShift, load_domain_shift
 from episodes.episode import Episode
 from episodes.sampler import (
     EpisodeDataset,
@@ -12,8 +13,10 @@ from episodes.sampler import (
     EpisodeSpec,
     InfeasibleEpisodeError,
 )
+from episodes.unlabelled import UnlabelledImages
 
 __all__ = [
+    "DomainShift",
     "Episode",
     "EpisodeDataset",
     "EpisodeIndices",
@@ -21,6 +24,8 @@ __all__ = [
     "EpisodeSpec",
     "InfeasibleEpisodeError",
     "LabelledImages",
+    "UnlabelledImages",
+    "load_domain_shift",
     "merge_by_class",
     "resize_images",
 ]

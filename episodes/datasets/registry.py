@@ -20,7 +20,9 @@ import torch
 from episodes.data import LabelledImages
 from episodes.datasets.cifar_fs import CIFAR_FS_SPLITS, load_cifar_fs
 from episodes.datasets.cub import CUB_SPLITS, load_cub
+from episodes.datasets.digits import DIGITS_SPLITS, load_digits_benchmark
 from episodes.datasets.fashion_mnist import load_fashion_mnist
+from episodes.datasets.glyph_domains import KANJI_DOMAIN_SPLITS, load_kanji_domains
 from episodes.datasets.glyphs import load_glyphs
 from episodes.datasets.image_folder import load_image_folder
 from episodes.datasets.mini_imagenet import load_mini_imagenet
@@ -144,3 +146,34 @@ def _cub(root: Path, split: str, image_size: int | None) -> LabelledImages:
     """CUB-200-2011 with Chen et al.'s 100/50/50 class split (84x84 unless asked)."""
     _check_split("cub", split, CUB_SPLITS)
     return load_cub(root, split, image_size=image_size or 84)  # type: ignore[arg-type]
+
+
+@register_dataset("digits")
+def _digits(root: Path, split: str, image_size: int | None) -> LabelledImages:
+    """Digits, synthetic -> real (``python -m episodes.digits``): fonts -> scikit-learn's
+    handwritten digits; splits source_train, source_val, target_train, target_test."""
+    _check_split("digits", split, DIGITS_SPLITS)
+    return load_digits_benchmark(root, split, image_size=image_size)
+
+
+@register_dataset("kanji_domains")
+def _kanji_domains(root: Path, split: str, image_size: int | None) -> LabelledImages:
+    """Kanji, printed -> brush and handwritten designs of 100 glyph-benchmark classes
+    (``root`` is a glyph benchmark); splits source_train, source_val, target_train,
+    target_test, target_fewshot."""
+    _check_split("kanji_domains", split, KANJI_DOMAIN_SPLITS)
+    return load_kanji_domains(root, split, image_size=image_size)
+
+
+@register_dataset("glyphs_c")
+def _glyphs_c(root: Path, split: str, image_size: int | None) -> LabelledImages:
+    """The glyph benchmark corrupted (ImageNet-C style, seed 0) at ``image_size``: split
+    ``<split>-<kind>-<severity>`` (e.g. ``test-gaussian_noise-3``), or a plain split."""
+    from episodes.corruptions import corrupted, parse_corruption_split
+
+    base, kind, severity = parse_corruption_split(split)
+    data = load_glyphs(root, base, image_size=image_size)
+    if kind is None:
+        return data
+    result = corrupted(data, kind, severity, seed=0)
+    return LabelledImages(result.images, result.labels, result.class_names, f"glyphs_c/{split}")
