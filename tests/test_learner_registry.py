@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metatl.algorithms import MAML, FineTune, LinearProbe, ProtoNet
+from metatl.algorithms import CAML, MAML, FineTune, LinearProbe, ProtoNet
 from metatl.algorithms import registry as registry_module
 from metatl.algorithms.registry import (
     UnknownLearnerError,
@@ -24,7 +24,7 @@ def _conv4():
 
 def test_every_learner_is_registered_with_its_settings() -> None:
     assert list_learners() == [
-        "anil", "finetune", "fomaml", "linear", "maml", "metasgd", "protonet"
+        "anil", "caml", "finetune", "fomaml", "linear", "maml", "metasgd", "protonet"
     ]  # fmt: skip
     assert isinstance(create_learner("protonet", _conv4()), ProtoNet)
     anil = create_learner("anil", _conv4())
@@ -33,8 +33,10 @@ def test_every_learner_is_registered_with_its_settings() -> None:
     tuned = create_learner("finetune", _conv4(), config)
     assert isinstance(tuned, FineTune) and (tuned.n_blocks, tuned.steps) == (2, 7)
     assert isinstance(create_learner("linear", _conv4()), LinearProbe)
+    caml = create_learner("caml", _conv4(), load_config(None, ["model.caml.max_way=16"]))
+    assert isinstance(caml, CAML) and caml.max_way == 16 and is_meta_trained("caml")
     assert not is_meta_trained("linear") and is_meta_trained("metasgd")
-    with pytest.raises(UnknownLearnerError, match="registered learners: anil, finetune"):
+    with pytest.raises(UnknownLearnerError, match="registered learners: anil, caml, finetune"):
         create_learner("snail", _conv4())
 
 
