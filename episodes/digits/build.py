@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
-import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from episodes._publish import publish_build
 from episodes.datasets._decode import DatasetFormatError
 from episodes.datasets.digits import DIGITS_FORMAT, DIGITS_SPLITS, read_digits_manifest
 from episodes.digits.fonts import DIGITS, font_family, owning_packages, package_fonts
@@ -120,34 +119,19 @@ def build_digits_benchmark(
     _check_output(out, force)
     for spec in fonts:
         check_installed(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()
-    try:
-        options = {
-            "copies": copies,
-            "margin": margin,
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "target_test_fraction": target_test_fraction,
-            "min_recognised": min_recognised,
-        }
-        manifest = _build(tmp, fonts, options, augmentation, workers)
-        _check_output(out, force)
-        old = out.with_name(f"{tmp.name}-old")
-        if out.exists():
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            if old.exists():
-                old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    options = {
+        "copies": copies,
+        "margin": margin,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "target_test_fraction": target_test_fraction,
+        "min_recognised": min_recognised,
+    }
+    return publish_build(
+        out,
+        lambda: _check_output(out, force),
+        lambda tmp: _build(tmp, fonts, options, augmentation, workers),
+    )
 
 
 def split_families(families: Sequence[str], val_fraction: float, seed: int) -> set[str]:

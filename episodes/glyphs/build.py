@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from episodes._publish import publish_build
 from episodes.datasets._decode import DatasetFormatError
 from episodes.datasets.glyphs import read_glyph_manifest
 from episodes.glyphs.charsets import codepoint_name, jis_level1_kanji
@@ -115,28 +115,13 @@ def build_glyph_benchmark(
     _check_output(out, force)
     for spec in fonts:
         check_installed(spec)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    tmp.mkdir()  # not tempfile.mkdtemp: its 0700 mode would stick to the output
-    try:
-        manifest = _build(
+    return publish_build(
+        out,
+        lambda: _check_output(out, force),
+        lambda tmp: _build(
             tmp, fonts, "".join(chars), image_size, margin, seed, n_val, n_test, workers
-        )
-        _check_output(out, force)
-        old = out.with_name(f"{tmp.name}-old")
-        if out.exists():
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except BaseException:
-            if old.exists():
-                old.rename(out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        ),
+    )
 
 
 def _check_output(out: Path, force: bool) -> None:
