@@ -22,14 +22,16 @@ Decoding rules, the same for every reader:
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -78,6 +80,29 @@ def describe_path(path: str | os.PathLike[str]) -> str:
     given = os.fspath(path)
     absolute = os.path.abspath(given)
     return absolute if given == absolute else f"{absolute} (given as {given!r})"
+
+
+def read_manifest(path: Path, problem: Callable[[object], str | None], what: str) -> dict[str, Any]:
+    """The parsed ``manifest.json`` at ``path``, checked by ``problem``.
+
+    Args:
+        path: An existing ``manifest.json``.
+        problem: What makes a parsed manifest not one its builder writes, or None.
+        what: E.g. "a glyph benchmark manifest (format 'metatl-glyphs', written by
+            `python -m episodes.glyphs`)", for the message.
+
+    Raises:
+        DatasetFormatError: Not UTF-8 JSON, or ``problem`` names a problem.
+    """
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, absurdly deep or long
+        reason = " ".join(str(error).split())
+        raise DatasetFormatError(f"{path} is not valid UTF-8 JSON: {reason}") from error
+    found = problem(manifest)
+    if found:
+        raise DatasetFormatError(f"{path} is not {what}: {found}")
+    return manifest  # type: ignore[return-value]
 
 
 def _one_line(text: str) -> str:

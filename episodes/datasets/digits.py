@@ -21,7 +21,6 @@ Splits (:data:`DIGITS_SPLITS`), all of the ten classes ``"0" .. "9"``:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 
 from episodes.data import LabelledImages
-from episodes.datasets._decode import DatasetFormatError, describe_path
+from episodes.datasets._decode import DatasetFormatError, describe_path, read_manifest
 
 __all__ = [
     "DIGITS_FORMAT",
@@ -59,17 +58,11 @@ def read_digits_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
             f"no digits benchmark at {describe_path(root)}: no manifest.json there; build one "
             "with `python -m episodes.digits --out DIR`"
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as error:
-        raise DatasetFormatError(f"{path} is not valid UTF-8 JSON: {error}") from error
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise DatasetFormatError(
-            f"{path} is not a digits benchmark manifest (format {DIGITS_FORMAT!r}, written by "
-            f"`python -m episodes.digits`): {problem}"
-        )
-    return manifest
+    what = (
+        f"a digits benchmark manifest (format {DIGITS_FORMAT!r}, written by "
+        "`python -m episodes.digits`)"
+    )
+    return read_manifest(path, _manifest_problem, what)
 
 
 def _manifest_problem(manifest: object) -> str | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import math
 import os
 import re
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from episodes.data import LabelledImages, resize_images
-from episodes.datasets._decode import DatasetFormatError, describe_path
+from episodes.datasets._decode import DatasetFormatError, describe_path, read_manifest
 
 __all__ = ["glyph_splits", "load_glyphs", "read_glyph_manifest"]
 
@@ -63,18 +62,10 @@ def read_glyph_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     path = root / "manifest.json"
     if not path.is_file():
         raise FileNotFoundError(_not_found(root))
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8, absurdly deep or long
-        reason = " ".join(str(error).split())
-        raise DatasetFormatError(f"{path} is not valid UTF-8 JSON: {reason}") from error
-    problem = _manifest_problem(manifest)
-    if problem:
-        raise DatasetFormatError(
-            f"{path} is not a glyph benchmark manifest (format {_FORMAT!r}, written by "
-            f"`python -m episodes.glyphs`): {problem}"
-        )
-    return manifest
+    what = (
+        f"a glyph benchmark manifest (format {_FORMAT!r}, written by `python -m episodes.glyphs`)"
+    )
+    return read_manifest(path, _manifest_problem, what)
 
 
 def _not_found(root: Path) -> str:
