@@ -23,12 +23,23 @@ def test_every_shipped_config_loads(path: Path) -> None:
     config = load_config(path, required)
     assert isinstance(config, RunConfig)
     prefix = path.name.split("_")[0]
-    # compare_<dataset>: a target dataset of its own choice, its sources in compare.sources
-    assert config.data.dataset == "glyphs" or prefix == "compare"
+    # compare_<dataset>: a target dataset of its own choice, its sources in compare.sources;
+    # adapt_*: a domain-shift benchmark, source splits to train on, the target's to test on
+    assert config.data.dataset == "glyphs" or prefix in ("compare", "adapt")
     assert prefix != "compare" or len(config.compare.sources) >= 4
-    # pretrain_*, layers_* and compare_* (python -m metatl.pretrain, metatl.transfer) train
-    # supervised networks or compare sources: model.algorithm plays no part there
-    assert prefix in ("pretrain", "layers", "compare") or config.model.algorithm in prefix
+    if prefix == "adapt":
+        assert config.data.dataset in ("digits", "kanji_domains")
+        d = config.data
+        assert (d.train_split, d.val_split, d.test_split) == (
+            "source_train",
+            "source_val",
+            "target_test",
+        )
+        assert config.adapt.target_split == "target_train"
+    # pretrain_*, layers_*, compare_* and adapt_* (python -m metatl.pretrain, metatl.transfer,
+    # metatl.adapt) train supervised networks or compare sources: model.algorithm plays no
+    # part there
+    assert prefix in ("pretrain", "layers", "compare", "adapt") or config.model.algorithm in prefix
     if config.model.algorithm in ("linear", "finetune"):
         assert config.train.steps == 0
 

@@ -10,6 +10,7 @@ from metatl.config.load import (
     parse_overrides,
 )
 from metatl.config.schema import (
+    AdaptConfig,
     CompareConfig,
     DataConfig,
     EpisodesConfig,
@@ -28,6 +29,7 @@ from metatl.config.schema import (
 )
 
 __all__ = [
+    "AdaptConfig",
     "CompareConfig",
     "ConfigError",
     "DataConfig",

@@ -46,6 +46,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.distance": ("sqeuclidean", "cosine"),
     "pretrain.augment": ("none", "crop", "crop_flip"),
     "pretrain.objective": ("supervised", "rotation", "simclr", "supervised+rotation"),
+    "adapt.method": ("source_only", "dann", "mcc"),
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
@@ -54,7 +55,9 @@ LIST_CHOICES: dict[str, tuple[str, ...]] = {
     "layers.splits": ("random", "stroke", "radical", "groups"),
     "layers.treatments": ("BnB", "BnB+", "AnB", "AnB+", "random"),
     "compare.probes": ("ncm", "linear"),
+    "adapt.test_time": ("adabn", "tent"),
 }
+LIST_MAY_BE_EMPTY = frozenset({"adapt.test_time"})
 MAX_NAME_BYTES = 200  # a file name has 255; leave room for new_directory's "-N"
 
 # Why a ``${`` is refused, by where the config comes from.
@@ -210,7 +213,7 @@ def validate(config: RunConfig) -> None:
                 f"{key}={values[key]!r} is not allowed; choose one of: {', '.join(allowed)}"
             )
     for key, allowed in LIST_CHOICES.items():
-        _check_list_choice(key, values[key], allowed)
+        _check_list_choice(key, values[key], allowed, empty_ok=key in LIST_MAY_BE_EMPTY)
     _check_name(config.name)
     _check_learner(config)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", config.device):
@@ -219,9 +222,11 @@ def validate(config: RunConfig) -> None:
         )
 
 
-def _check_list_choice(key: str, items: list[str], allowed: tuple[str, ...]) -> None:
+def _check_list_choice(
+    key: str, items: list[str], allowed: tuple[str, ...], *, empty_ok: bool = False
+) -> None:
     unknown = [item for item in items if item not in allowed]
-    if unknown or not items or len(set(items)) < len(items):
+    if unknown or (not items and not empty_ok) or len(set(items)) < len(items):
         problem = (
             f"has {', '.join(map(repr, unknown))}, not allowed"
             if unknown

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from metatl.config.domains import between, fraction, positive
 
 __all__ = [
+    "AdaptConfig",
     "CAMLConfig",
     "DataConfig",
     "EpisodesConfig",
@@ -258,6 +259,52 @@ class LayersConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """``python -m metatl.adapt``: unsupervised domain adaptation, source -> target.
+
+    The source domain is ``data.train_split`` (labelled; a classifier over its classes is
+    trained with the ``pretrain`` loop settings: epochs, batch size, SGD, cosine rate,
+    augmentation) and ``data.val_split`` (labelled source images, for label-free model
+    selection); ``target_split`` holds the target images, read without their labels;
+    ``data.test_split`` is the labelled target test set, used for scoring only.
+
+    ``method`` is what the training adds on the unlabelled target batches: ``source_only``
+    (nothing, the control), ``dann`` (a domain classifier behind a gradient-reversal layer;
+    Ganin et al. 2016) or ``mcc`` (minimum class confusion; Jin et al. 2020). ``test_time``
+    lists what is applied to the trained model before scoring, each reported next to the model
+    as trained: ``adabn`` (BatchNorm statistics re-estimated on the target images; Li et al.
+    2017) and ``tent`` (entropy minimisation of the normalisation affine parameters on the
+    target images; Wang et al. 2021). Each default is the paper's.
+    """
+
+    method: str = "source_only"  # source_only | dann | mcc
+    test_time: list[str] = field(default_factory=lambda: ["adabn", "tent"])
+    target_split: str = "target_train"
+    # Images per target batch of a training step; 0: pretrain.batch_size.
+    target_batch_size: int = field(default=0, metadata=between(0, 1_000_000, "0: batch size"))
+    # dann: loss weight, domain classifier width (the paper's 1024-1024 MLP), and the
+    # gradient-reversal schedule 2 / (1 + exp(-gamma * progress)) - 1 (gamma = 10)
+    dann_weight: float = field(default=1.0, metadata=between(0, 100))
+    dann_hidden: int = field(default=1024, metadata=between(1, 65_536))
+    dann_gamma: float = field(default=10.0, metadata=between(0, 1000))
+    # mcc: loss weight and the temperature of its softmax (the paper's 1 and 2.5)
+    mcc_weight: float = field(default=1.0, metadata=between(0, 100))
+    mcc_temperature: float = field(default=2.5, metadata=between(0.01, 100))
+    # tent: Adam on the BatchNorm scales and shifts (the paper's lr for digits and CIFAR:
+    # 1e-3, batch 128), over tent_epochs passes of the target images
+    tent_lr: float = field(default=1e-3, metadata=positive(LR))
+    tent_batch_size: int = field(default=128, metadata=between(2, 1_000_000, "BatchNorm"))
+    tent_epochs: int = field(default=1, metadata=between(1, EPOCHS))
+    # The label-free validators at every validation: SND's temperature (Saito et al. 2021)
+    # and the target images they score (a seeded sample; 0: all of target_split).
+    snd_temperature: float = field(default=0.05, metadata=between(0.001, 100))
+    score_images: int = field(default=2000, metadata=between(0, 10_000_000, "0: all"))
+    # Few-shot episodes (test.way, test.shots, test.query, test.episodes) on this split of
+    # the target domain after adaptation, nearest class mean on the features; "": none.
+    fewshot_split: str = ""
+
+
+@dataclass(frozen=True)
 class WandbConfig:
     """Weights & Biases. ``mode=auto``: online when an API key is configured, else offline
     (sync later with ``wandb sync``)."""
@@ -334,6 +381,7 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     layers: LayersConfig = field(default_factory=LayersConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     seed: int = field(default=0, metadata=between(0, SEED))
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps

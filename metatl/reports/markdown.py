@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metatl.adaptation.selection import Selection, format_selection
 from metatl.reports.extract import TestSummary, mean_ci
 from metatl.training.evaluation import (
     EvalResult,
@@ -63,6 +64,14 @@ def render_run_report(
             "differences (narrower than the separate intervals when the methods find the "
             "same episodes hard).\n\n" + paired,
         ]
+    if results.get("selection"):
+        sections += [
+            "## Model selection without target labels",
+            "The validation each criterion would choose and the target accuracy of that "
+            "checkpoint, next to the best any validation reached (the oracle, which needs "
+            "the target labels). best.pt is the source_val_accuracy choice.\n\n"
+            + format_selection([Selection(**row) for row in results["selection"]]),
+        ]
     if plots:
         sections += ["## Plots", "\n\n".join(_image(p, relative_to) for p in plots)]
     return "\n\n".join(s for s in sections if s) + "\n"
@@ -77,9 +86,7 @@ def _summary(results: Mapping[str, Any]) -> str:
         for name, value in (
             (
                 "algorithm",
-                "supervised pretraining (cross-entropy over every training class)"
-                if results.get("kind") == "pretrain"
-                else model.get("algorithm"),
+                _what_trained(results, model),
             ),
             ("backbone", model.get("backbone")),
             ("dataset", data.get("dataset")),
@@ -89,9 +96,10 @@ def _summary(results: Mapping[str, Any]) -> str:
     if described:
         lines.append(", ".join(described))
     steps = (config.get("train") or {}).get("steps")
-    if results.get("kind") == "pretrain":
+    if results.get("kind") in ("pretrain", "adapt"):
         epochs = (config.get("pretrain") or {}).get("epochs")
-        trained = f"pretraining: {epochs} epochs, {results.get('steps')} steps"
+        kind = "pretraining" if results["kind"] == "pretrain" else "training"
+        trained = f"{kind}: {epochs} epochs, {results.get('steps')} steps"
         if results.get("train_time_s") is not None:
             trained += f" in {_duration(results['train_time_s'])}"
         lines.append(trained)
@@ -114,13 +122,28 @@ def _summary(results: Mapping[str, Any]) -> str:
         for r in rows.values()
         if "episodes" in r
     }
-    if episodes:
+    if episodes and results.get("kind") == "adapt":
+        lines.append(
+            "test: every target test image (per-image accuracy); few-shot settings: "
+            f"{(config.get('test') or {}).get('episodes')} episodes"
+        )
+    elif episodes:
         tested = f"test: {'/'.join(map(str, sorted(episodes)))} episodes per setting"
         query = (config.get("test") or {}).get("query")
         tested += f", {query} queries per class" if query else ""
         tested += f", split {results['split']}" if results.get("split") else ""
         lines.append(tested)
     return "\n".join(f"- {line}" for line in lines)
+
+
+def _what_trained(results: Mapping[str, Any], model: Mapping[str, Any]) -> str | None:
+    if results.get("kind") == "pretrain":
+        return "supervised pretraining (cross-entropy over every training class)"
+    if results.get("kind") == "adapt":
+        adapt = (results.get("config") or {}).get("adapt") or {}
+        test_time = ", ".join(adapt.get("test_time") or []) or "none"
+        return f"domain adaptation {adapt.get('method')} (test-time: {test_time})"
+    return model.get("algorithm")
 
 
 def _test_table(test: TestSummary, table: Mapping[str, Mapping[str, EvalResult]] | None) -> str:
