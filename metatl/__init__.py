@@ -2,7 +2,8 @@
 
 The names a user starts from; everything else lives in the subpackages
 (:mod:`metatl.algorithms`, :mod:`metatl.backbones`, :mod:`metatl.training`,
-:mod:`metatl.transfer`, :mod:`metatl.reports`) and in :mod:`episodes` for the data::
+:mod:`metatl.transfer`, :mod:`metatl.adaptation`, :mod:`metatl.reports`) and in
+:mod:`episodes` for the data::
 
     import metatl
 
@@ -11,11 +12,12 @@ The names a user starts from; everything else lives in the subpackages
     learner = metatl.create_learner("protonet", metatl.create_backbone("conv4"))
     result = metatl.score(learner, data, way=5, shot=1)          # .mean, .ci95
     run = metatl.fit(["data.dataset=image_folder", "data.root=my_images"])  # train + test
+    run = metatl.adapt_domain("configs/adapt_conv4_digits.yaml", ["adapt.method=dann"])
 """
 
 from episodes.datasets import list_datasets, load_dataset, register_dataset
 from metatl.algorithms.registry import create_learner, list_learners, register_learner
-from metatl.api import fit, score
+from metatl.api import adapt_domain, fit, score
 from metatl.backbones import create_backbone, list_backbones, register_backbone
 from metatl.training.evaluation import EvalResult, paired_difference
 from metatl.training.restore import LoadedLearner, load_learner
@@ -25,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "EvalResult",
     "LoadedLearner",
+    "adapt_domain",
     "create_backbone",
     "create_learner",
     "fit",

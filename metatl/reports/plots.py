@@ -30,6 +30,7 @@ __all__ = [
     "matplotlib_available",
     "plot_accuracy_vs_shots",
     "plot_bars",
+    "plot_corruption_curves",
     "plot_learning_curves",
     "plot_method_bars",
 ]
@@ -263,6 +264,56 @@ def plot_bars(
     ax.set_title(title)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_corruption_curves(
+    curves: Mapping[str, Mapping[int, Mapping[str, tuple[float, float]]]],
+    path: str | Path,
+    *,
+    title: str = "",
+) -> Path:
+    """Accuracy against corruption severity: one panel per corruption, one line per method
+    with its 95% CI band.
+
+    Args:
+        curves: Corruption -> severity (0 = clean) -> method -> ``(mean, ci95)`` accuracy
+            (fractions).
+        path: The PNG to write.
+        title: Figure title.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: If there is nothing to plot.
+    """
+    if not curves or not any(curves.values()):
+        raise ValueError("plot_corruption_curves needs at least one corruption with results")
+    fig = _figure(3.2 * len(curves) + 0.6, _HEIGHT)
+    axes = fig.subplots(1, len(curves), squeeze=False, sharey=True)[0]
+    for ax, (kind, by_severity) in zip(axes, curves.items(), strict=True):
+        severities = sorted(by_severity)
+        methods = list(dict.fromkeys(m for s in severities for m in by_severity[s]))
+        for i, method in enumerate(methods):
+            points = [(s, *by_severity[s][method]) for s in severities if method in by_severity[s]]
+            xs = [p[0] for p in points]
+            ax.plot(xs, [100 * p[1] for p in points], marker="o", color=f"C{i}", label=method)
+            ax.fill_between(
+                xs,
+                [100 * (p[1] - p[2]) for p in points],
+                [100 * (p[1] + p[2]) for p in points],
+                color=f"C{i}",
+                alpha=0.2,
+            )
+        ax.set_title(kind.replace("_", " "))
+        ax.set_xlabel("severity (0: clean)")
+        ax.set_xticks(severities)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].legend(loc="lower left")
+    if title:
+        fig.suptitle(title)
     return _save(fig, path)
 
 

@@ -3,8 +3,10 @@
 ``load_learner("runs/<run>")`` reads the run's ``best.pt`` (never running code from it),
 rebuilds the model its config describes and loads every weight, with one clear error when
 they do not fit. A pretraining checkpoint (``python -m metatl.pretrain``) holds a backbone
-and the classifier over its training classes: :func:`source_classifier` gives that
-classifier back, for transferability scores that need the source's own predictions.
+and the classifier over its training classes, an adaptation checkpoint (``python -m
+metatl.adapt``) a backbone and the classifier over the classes both domains share:
+:func:`source_classifier` gives that classifier back, for transferability scores that need
+the source's own predictions and for test-time adaptation (TENT).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from metatl.training.checkpoint import CheckpointError, checkpoint_config, load_
 
 __all__ = ["LoadedLearner", "learner_from_checkpoint", "load_learner", "source_classifier"]
 
+# Checkpoint kinds that hold backbone.* and classifier.* weights (and maybe other heads).
+_WITH_CLASSIFIER = ("pretrain", "adapt")
+
 
 @dataclass(frozen=True)
 class LoadedLearner:
@@ -34,8 +39,10 @@ class LoadedLearner:
         learner: The model, its weights loaded, in eval mode.
         config: The run config it was trained with (overrides applied).
         file: The checkpoint file read.
-        kind: ``"pretrain"`` for a supervised pretraining checkpoint, else ``"meta"``.
-        classifier: The pretraining classifier ``[out_dim] -> [source classes]``, or None.
+        kind: ``"pretrain"`` for a pretraining checkpoint, ``"adapt"`` for a domain
+            adaptation one, else ``"meta"``.
+        classifier: The pretraining or adaptation classifier ``[out_dim] -> [classes]``, or
+            None.
     """
 
     learner: Learner
@@ -64,7 +71,7 @@ def load_learner(path: str | Path, overrides: Sequence[str] = ()) -> LoadedLearn
     size = config.data.image_size
     shape = (_channels(checkpoint, file), size, size)
     learner = learner_from_checkpoint(checkpoint, file, config, shape).eval()
-    kind = "pretrain" if checkpoint.get("kind") == "pretrain" else "meta"
+    kind = checkpoint.get("kind") if checkpoint.get("kind") in _WITH_CLASSIFIER else "meta"
     return LoadedLearner(learner, config, file, kind, source_classifier(checkpoint))
 
 
@@ -79,9 +86,10 @@ def _channels(checkpoint: Mapping[str, Any], file: Path) -> int:
 
 
 def source_classifier(checkpoint: Mapping[str, Any]) -> nn.Linear | None:
-    """The classifier of a pretraining checkpoint over its training classes, else None."""
+    """The classifier of a pretraining or adaptation checkpoint over its training classes,
+    else None."""
     state = checkpoint.get("model")
-    if checkpoint.get("kind") != "pretrain" or not isinstance(state, Mapping):
+    if checkpoint.get("kind") not in _WITH_CLASSIFIER or not isinstance(state, Mapping):
         return None
     weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
     if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
@@ -118,7 +126,7 @@ def learner_from_checkpoint(
     state = checkpoint["model"]
     if not isinstance(state, Mapping):
         raise CheckpointError(f"checkpoint {file} holds no model weights")
-    if checkpoint.get("kind") == "pretrain":  # a backbone and its pretraining classifier
+    if checkpoint.get("kind") in _WITH_CLASSIFIER:  # a backbone, its classifier, other heads
         state = {k: v for k, v in state.items() if str(k).startswith("backbone.")}
     problem = _misfit(state, learner.state_dict())
     if not problem:
