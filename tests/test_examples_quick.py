@@ -36,3 +36,42 @@ def test_a_registered_backbone_is_named_from_a_yaml_config() -> None:
     assert sorted(rows) == ["1", "5"], stdout
     assert float(rows["1"]) > 40  # 5-way: chance is 20%
     assert "backbone: TwoBlockNet with 2 blocks" in stdout  # the run used it
+
+
+def test_domain_adaptation_lifts_the_shifted_target_without_its_labels() -> None:
+    stdout = run_example("domain_adaptation.py", "--quick")
+    header, row = re.findall(r"^\| (setting|target test images) \| (.*) \|$", stdout, re.M)[:2]
+    names = header[1].split(" | ")
+    means = [float(cell.split(" ± ")[0]) for cell in row[1].split(" | ")]
+    accuracy = dict(zip(names, means, strict=True))
+    assert set(accuracy) == {
+        f"{m}{t}" for m in ("source_only", "dann", "mcc") for t in ("", "+adabn", "+tent")
+    } - {"source_only+adabn", "source_only+tent"} | {"adabn", "tent"}, stdout
+    # The target is the source at a third of the contrast, brighter: a classifier trained on
+    # the source is at chance (6 classes) there; BatchNorm statistics of the target undo it.
+    assert accuracy["source_only"] < 40
+    assert accuracy["adabn"] > 90 and accuracy["tent"] > 90
+    # The selection tables and the paired differences against source only are printed.
+    assert stdout.count("| oracle |") == 3
+    assert re.search(r"^\| adabn − source_only \| \+\d", stdout, re.M), stdout
+
+
+def test_corruption_robustness_recovers_low_contrast_with_adabn_and_tent(tmp_path) -> None:
+    stdout = run_example("corruption_robustness.py", "--quick", "--plot", str(tmp_path / "c.png"))
+    rows = {
+        name: [float(cell.split(" ± ")[0]) for cell in cells.split(" | ")]
+        for name, cells in re.findall(
+            r"^\| ((?:clean|gaussian_noise|contrast)[ \d]*) \| (.*) \|$", stdout, re.M
+        )
+    }
+    assert set(rows) == {
+        "clean",
+        "gaussian_noise 3",
+        "gaussian_noise 5",
+        "contrast 3",
+        "contrast 5",
+    }
+    source_only, adabn, tent = rows["contrast 5"]
+    assert source_only < 90 < adabn and tent > 90  # same episodes: a paired gain of 10+ points
+    assert rows["clean"][0] > 95
+    assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
