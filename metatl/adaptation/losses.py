@@ -120,13 +120,14 @@ def minimum_class_confusion(logits: torch.Tensor, temperature: float = 2.5) -> t
     """MCC's loss on a batch of unlabelled target logits ``[B, K]``; a scalar in [0, 1].
 
     Predictions ``p = softmax(logits / T)`` ``[B, K]``; each sample is weighted by
-    ``1 + exp(-H(p_i))`` (confident samples count more), normalised to sum to ``B``; the
+    ``1 + exp(-H(p_i))`` (confident samples count more; a constant for the gradient, as in
+    the paper's code), normalised to sum to ``B``; the
     class correlation ``C = p^T W p`` ``[K, K]`` has each row normalised to sum to 1; the loss
     is the confusion between different classes, ``(sum(C) - trace(C)) / K``.
     """
     b, k = logits.shape
     p = F.softmax(logits.float() / temperature, dim=1)
-    h = -(p * torch.log(p + 1e-5)).sum(1)
+    h = -(p * torch.log(p + 1e-5)).sum(1).detach()
     weight = 1.0 + torch.exp(-h)
     weight = (b * weight / weight.sum()).unsqueeze(1)  # [B, 1]
     confusion = (p * weight).T @ p  # [K, K]

@@ -270,6 +270,11 @@ def _target_data(start: RunStart) -> tuple[UnlabelledImages, LabelledImages | No
         )
     if len(target) < 2:
         raise ConfigError(f"{target.name} has {len(target)} image(s); adaptation needs 2+")
+    if a.score_images == 1:
+        raise ConfigError(
+            "adapt.score_images=1: the validators (SND) compare target images with each "
+            "other; use 2 or more, or 0 for all of them"
+        )
     fewshot = load_split(data, a.fewshot_split) if a.fewshot_split else None
     return target, fewshot
 
