@@ -10,8 +10,7 @@ from collections.abc import Sequence
 
 from metatl.adaptation.run import TARGET_SETTING, run_adaptation
 from metatl.adaptation.selection import Selection, format_selection
-from metatl.cli import add_run_arguments, check_resume, run_main, start_run
-from metatl.config import load_config
+from metatl.cli import add_run_arguments, command_config, run_main, start_run
 from metatl.training.evaluation import format_paired_table
 
 
@@ -33,11 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
-        check_resume(args, overrides)
-        if args.resume:
-            config = load_config()  # the run's own, read from its last.pt
-        else:
-            config = load_config(args.config, overrides, interpolate=args.interpolate)
+        config = command_config(args, overrides)
         result = start_run(run_adaptation, config, args)
         print(f"\nTarget accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())

@@ -9,7 +9,7 @@ from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from metatl.config import ConfigError, RunConfig
+from metatl.config import ConfigError, RunConfig, load_config
 from metatl.reports import write_run_report
 from metatl.training.preemption import EXIT_PREEMPTED, Interrupted, stop_on_signals
 
@@ -72,6 +72,18 @@ def check_resume(args: Namespace, overrides: Sequence[str]) -> None:
             "--resume continues a run with the config it was started with; drop "
             f"--config and the overrides ({given}); if the data moved, use --data-root DIR"
         )
+
+
+def command_config(
+    args: Namespace, overrides: Sequence[str], extra: Sequence[str] = ()
+) -> RunConfig:
+    """The config a run command starts with: ``--config`` with the overrides (then ``extra``),
+    or, with ``--resume``, a placeholder (the run's own config is read from its ``last.pt``)
+    once :func:`check_resume` has found no new config given."""
+    check_resume(args, overrides)
+    if args.resume:
+        return RunConfig()
+    return load_config(args.config, [*overrides, *extra], interpolate=args.interpolate)
 
 
 def start_run(run: Callable[..., RunT], config: RunConfig, args: Namespace) -> RunT:

@@ -8,8 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metatl.cli import add_run_arguments, check_resume, run_main, start_run
-from metatl.config import load_config
+from metatl.cli import add_run_arguments, command_config, run_main, start_run
 from metatl.training.pretrain import run_pretraining
 
 
@@ -29,11 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
-        check_resume(args, overrides)
-        if args.resume:
-            config = load_config()  # the run's own, read from its last.pt
-        else:
-            config = load_config(args.config, overrides, interpolate=args.interpolate)
+        config = command_config(args, overrides)
         result = start_run(run_pretraining, config, args)
         best = result.best_val
         ci = "n/a" if best["ci95"] is None else f"{100 * best['ci95']:.2f}"

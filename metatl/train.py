@@ -7,8 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from metatl.cli import add_run_arguments, check_resume, run_main, start_run
-from metatl.config import RunConfig, load_config
+from metatl.cli import add_run_arguments, command_config, run_main, start_run
 from metatl.tracking import sweep_overrides
 from metatl.training import run_experiment
 
@@ -24,14 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
-        check_resume(args, overrides)
-        if args.resume:
-            config = RunConfig()  # the run's own, read from its last.pt
-        else:
-            # Under `wandb.agent(function=...)` the sweep's parameters win over everything.
-            config = load_config(
-                args.config, [*overrides, *sweep_overrides()], interpolate=args.interpolate
-            )
+        # Under `wandb.agent(function=...)` the sweep's parameters win over everything.
+        config = command_config(args, overrides, sweep_overrides())
         result = start_run(run_experiment, config, args)
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())

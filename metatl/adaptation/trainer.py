@@ -15,7 +15,6 @@ recorded in the history for the model-selection report and never chooses anythin
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,8 @@ from metatl.training.augment import derived_generator
 from metatl.training.checkpoint import CheckpointError
 from metatl.training.device import autocast
 from metatl.training.evaluation import EvalResult
-from metatl.training.loop import NonFiniteLoss
 from metatl.training.preemption import Interrupted, StopRequest
-from metatl.training.pretrain import Pretrainer, SupervisedModel, cosine_lr
+from metatl.training.pretrain import Pretrainer, SupervisedModel
 
 __all__ = ["AdaptModel", "Adapter", "Oracle"]
 
@@ -148,9 +146,7 @@ class Adapter(Pretrainer):
 
     def train_step(self, step: int) -> dict[str, float]:
         """Step ``step``: the source cross-entropy plus the method's target term."""
-        lr = cosine_lr(step - 1, self.total_steps, self.config.pretrain.lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self.set_learning_rate(step)
         source, items = self.batch(*divmod(step - 1, self.batches_per_epoch))
         labels = self.train_data.labels[items].to(self.device, non_blocking=True)
         model, method = self.model, self.method
@@ -169,14 +165,7 @@ class Adapter(Pretrainer):
                 source_logits = model(source)
                 extra, metrics = torch.zeros((), device=self.device), {}
         classification, accuracy = self.objective.criterion((source_logits,), labels)
-        loss = classification + extra
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLoss(value)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        value = self.optimise(classification + extra)
         return {"loss": value, "accuracy": accuracy, "lr": lr} | metrics
 
     def validate(self, stop: StopRequest | None = None) -> EvalResult:

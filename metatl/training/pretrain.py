@@ -309,9 +309,7 @@ class Pretrainer:
     def train_step(self, step: int) -> dict[str, float]:
         """Optimiser step ``step`` (1-based) at its cosine learning rate; ``{"loss",
         "accuracy", "lr"}``. Raises :class:`NonFiniteLoss` before any update."""
-        lr = cosine_lr(step - 1, self.total_steps, self.config.pretrain.lr)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = self.set_learning_rate(step)
         inputs, items = self.batch(*divmod(step - 1, self.batches_per_epoch))
         objective = self.objective
         self.model.train()
@@ -322,6 +320,21 @@ class Pretrainer:
             loss, accuracy = objective.criterion(outputs, labels)
         else:  # learns from the images alone: no label is gathered
             loss, accuracy = objective.criterion(outputs)
+        return {"loss": self.optimise(loss), "accuracy": accuracy, "lr": lr}
+
+    def set_learning_rate(self, step: int) -> float:
+        """Set and return the cosine learning rate of optimiser step ``step`` (1-based)."""
+        lr = cosine_lr(step - 1, self.total_steps, self.config.pretrain.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def optimise(self, loss: torch.Tensor) -> float:
+        """One optimiser step on ``loss`` (a scalar; scaled for fp16); its value.
+
+        Raises:
+            NonFiniteLoss: The loss is NaN or infinite; nothing was updated.
+        """
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLoss(value)
@@ -329,7 +342,7 @@ class Pretrainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": value, "accuracy": accuracy, "lr": lr}
+        return value
 
     def where(self, step: int) -> str:
         epoch, batch = divmod(step - 1, self.batches_per_epoch)
