@@ -870,3 +870,30 @@ def test_cli_resumes_an_interrupted_run_exactly(
     assert saved["selection"] == whole.result.selection
     reference = json.loads((whole.run_dir / "results.json").read_text())
     assert saved["test"] == reference["test"]
+
+
+@pytest.mark.parametrize(("mode", "batches"), [("joint", {300}), ("per_domain", {200, 100})])
+def test_domain_batches_decide_which_images_batchnorm_normalises_together(
+    glyph_root: Path, tmp_path: Path, mode: str, batches: set[int]
+) -> None:
+    """joint: one backbone pass over the 200 source and 100 target images of a step;
+    per_domain: one pass each, so each domain is normalised by its own batch statistics."""
+    seen: set[int] = set()
+    step = Adapter.train_step
+
+    def recorded(self: Adapter, n: int) -> dict[str, float]:
+        hook = self.model.backbone.register_forward_pre_hook(
+            lambda module, args: seen.add(len(args[0])) if module.training else None
+        )
+        try:
+            return step(self, n)
+        finally:
+            hook.remove()
+
+    def patch(mp: pytest.MonkeyPatch) -> None:
+        mp.setattr(Adapter, "train_step", recorded)
+
+    extra = (*SMALL, f"adapt.domain_batches={mode}")
+    run = adaptation(glyph_root, tmp_path, mode, "dann", *extra, patch=patch)
+    assert seen == batches
+    assert run.result.test[TARGET_SETTING]["dann"].mean >= 0

@@ -153,7 +153,11 @@ class Adapter(Pretrainer):
         model.train()
         with autocast(self.device, self.config.precision):
             if method.uses_target:
-                features = model.backbone(torch.cat([source, self.target_batch(step)]))
+                target = self.target_batch(step)
+                if self.config.adapt.domain_batches == "joint":
+                    features = model.backbone(torch.cat([source, target]))
+                else:  # each domain's BatchNorm statistics its own
+                    features = torch.cat([model.backbone(source), model.backbone(target)])
                 source_features, target_features = features[: len(source)], features[len(source) :]
                 logits = model.classifier(features)
                 source_logits, target_logits = logits[: len(source)], logits[len(source) :]

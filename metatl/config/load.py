@@ -47,6 +47,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pretrain.augment": ("none", "crop", "crop_flip"),
     "pretrain.objective": ("supervised", "rotation", "simclr", "supervised+rotation"),
     "adapt.method": ("source_only", "dann", "mcc"),
+    "adapt.domain_batches": ("joint", "per_domain"),
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }
