@@ -115,7 +115,7 @@ class Adapter(Pretrainer):
             )
         super().__init__(model, config, source_train, source_val, run_dir, tracker, fingerprint)
         self.method: AdaptationMethod = build_method(config.adapt)
-        self.target, self.oracle, self.tracker = target, oracle, tracker
+        self.target, self.oracle = target, oracle
         size = config.adapt.target_batch_size or config.pretrain.batch_size
         self.target_batch_size = min(size, len(target))
         self.target_batches = len(target) // self.target_batch_size
@@ -197,12 +197,11 @@ class Adapter(Pretrainer):
         }
         if self.oracle is not None:
             row["oracle_target_accuracy"] = self.oracle(classifier)
-        self.model.train()
         self.history.append(row)
         logged = {f"val/{k}": v for k, v in row.items() if k.startswith("target_")}
         if "oracle_target_accuracy" in row:
             logged["oracle/target_accuracy"] = row["oracle_target_accuracy"]
-        self.tracker.log(logged, self.loop.step)
+        self.loop.tracker.log(logged, self.loop.step)
         return result
 
     def state_dict(self) -> dict[str, Any]:
