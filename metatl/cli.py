@@ -4,6 +4,7 @@ one-line messages with a non-zero exit code."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from argparse import ArgumentParser, Namespace
 from collections.abc import Callable, Sequence
@@ -25,7 +26,10 @@ def run_main(body: Callable[[], int]) -> int:
     """Run an entrypoint body; a user error becomes ``error: ...`` on stderr and exit 2, a
     run or evaluation stopped by SIGTERM/SIGINT (:class:`Interrupted`; a run has written its
     checkpoint) exits with ``EXIT_PREEMPTED`` (75)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Under torchrun rank 0 tells the story; the other ranks only warn.
+    rank = os.environ.get("RANK", "0").strip() or "0"
+    level = logging.INFO if rank == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return body()
     except USER_ERRORS as err:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from episodes import Episode, EpisodeDataset, EpisodeSpec, LabelledImages
@@ -39,8 +39,9 @@ from metatl.config import RunConfig
 from metatl.functional import MIN_EPISODES_FOR_CI, accuracy, mean_confidence_interval
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, resolve_device
+from metatl.training.distributed import any_rank, current_ranks, gather_objects
 from metatl.training.feature_cache import FeatureCache
-from metatl.training.preemption import StopRequest
+from metatl.training.preemption import Interrupted, StopRequest
 
 __all__ = [
     "EvalResult",
@@ -119,6 +120,10 @@ def evaluate(
     where the backbone's kernels do not depend on the batch size, as Conv-4 on the CPU);
     other learners (fine-tuning, MAML) run as before.
 
+    Under torchrun the episodes are split by index across the ranks (contiguous blocks) and
+    the per-episode accuracies gathered, so that every rank returns the result over all
+    episodes, in episode order, as one process would.
+
     Args:
         learners: Method name -> learner (set to eval mode here).
         data: The split to draw from.
@@ -139,8 +144,11 @@ def evaluate(
     Raises:
         Interrupted: ``stop`` fired (SIGTERM/SIGINT); nothing is returned.
     """
+    ranks = current_ranks()
     dataset = EpisodeDataset.from_spec(data, spec, seed, num_episodes)
-    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    mine = ranks.shard(num_episodes)
+    shard = Subset(dataset, mine) if ranks.active else dataset
+    loader = DataLoader(shard, batch_size=None, num_workers=workers)
     per_method: dict[str, list[float]] = {name: [] for name in learners}
     transforms = transform if isinstance(transform, Mapping) else dict.fromkeys(learners, transform)
     cache = FeatureCache(data.images, device, precision) if feature_cache else None
@@ -151,12 +159,19 @@ def evaluate(
         desc=f"evaluate {spec.n_way}-way {spec.n_shot}-shot",
         unit="ep",
         leave=False,
-        disable=None,
+        disable=None if ranks.is_main else True,
         dynamic_ncols=True,
     )
-    for raw in bar:
-        if stop is not None:
+    # Every rank polls the stop request as often, together, so all raise at the same episode.
+    rounds = math.ceil(num_episodes / ranks.world_size)
+    episodes = iter(bar)
+    for _ in range(rounds):
+        if stop is not None and any_rank(bool(stop), ranks):
             stop.check()
+            raise Interrupted(stop.signal_name or "a stop request")
+        raw = next(episodes, None)
+        if raw is None:  # a rank with one episode fewer
+            continue
         query_y = raw.query_y.to(device)
         for name, learner in learners.items():
             with torch.set_grad_enabled(learner.needs_grad_to_adapt), autocast(device, precision):
@@ -169,10 +184,26 @@ def evaluate(
             len(cache),
             cache.nbytes / 2**20,
         )
+    bar.close()
+    if ranks.active:
+        per_method = _in_episode_order(gather_objects((list(mine), per_method), ranks))
     episode_set = (
         f"{data.name} ({data.num_classes} classes), {spec}, seed {seed}, {num_episodes} episodes"
     )
     return {name: EvalResult.from_accuracies(v, episode_set) for name, v in per_method.items()}
+
+
+def _in_episode_order(
+    shards: Sequence[tuple[list[int], dict[str, list[float]]]],
+) -> dict[str, list[float]]:
+    """Every rank's ``(episode indices, method -> accuracies)`` merged into one list per
+    method, in episode order."""
+    names = list(shards[0][1])
+    merged: dict[str, dict[int, float]] = {name: {} for name in names}
+    for indices, per_method in shards:
+        for name in names:
+            merged[name].update(zip(indices, per_method[name], strict=True))
+    return {name: [v for _, v in sorted(merged[name].items())] for name in names}
 
 
 def episode_logits(

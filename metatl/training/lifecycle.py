@@ -6,6 +6,10 @@ that it is the data the run trained on); :func:`open_run` then creates and locks
 directory, starts the tracker and stores the config. Both enter what they hold (locks,
 tracker) into the caller's :class:`contextlib.ExitStack`, so it is all
 released, in reverse order, when the run ends however it ends.
+
+Under torchrun every rank checks the run (reading the data and a resumed run's checkpoint)
+and joins the process group in :func:`check_run`; rank 0 alone creates, locks and writes the
+run directory and tracks the run, and the others learn its path from rank 0.
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ import yaml
 from episodes import LabelledImages
 from metatl.atomic_io import write_text_atomic
 from metatl.config import RunConfig, config_to_dict
-from metatl.tracking import Tracker, create_tracker
+from metatl.tracking import MultiTracker, Tracker, create_tracker
 from metatl.training.data import load_splits
 from metatl.training.device import resolve_device
+from metatl.training.distributed import (
+    broadcast_object,
+    current_ranks,
+    launched_ranks,
+    process_group,
+    rank_device,
+)
 from metatl.training.preemption import Preempted, StopRequest
 from metatl.training.run_dir import (
     check_data_fingerprint,
@@ -69,7 +80,8 @@ def check_run(
     data_root: str | None,
     read_resume: ResumeReader,
 ) -> RunStart:
-    """Everything that can be checked before a run directory exists; seeds torch.
+    """Everything that can be checked before a run directory exists; seeds torch; joins the
+    process group of a run started by torchrun (left when ``hold`` closes).
 
     Raises:
         RunInUseError: Another process writes to ``resume_dir`` (its lock is held in ``hold``).
@@ -78,15 +90,17 @@ def check_run(
         FileNotFoundError: The data is not there.
     """
     resume, run_dir = None, None
+    launched = launched_ranks()
     if resume_dir is not None:
         run_dir = Path(resume_dir)
-        if run_dir.is_dir():
+        if run_dir.is_dir() and launched.is_main:
             hold.enter_context(lock_run_dir(run_dir))
         resume, config = read_resume(run_dir)
     config = with_data_root(config, data_root)
     if resume is None:
         check_out_dir(config)
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device), launched)
+    hold.enter_context(process_group(device))
     torch.manual_seed(config.seed)
     splits = load_splits(config.data)
     config = with_absolute_paths(config)
@@ -140,11 +154,17 @@ def open_run(
         prefix: Start of a new run directory's automatic name (see :func:`new_run_dir`).
     """
     config, resume = start.config, start.resume
+    ranks = current_ranks()
     if start.resume_dir is None:
-        run_dir = new_run_dir(config, prefix)
-        hold.enter_context(lock_run_dir(run_dir))
+        run_dir = new_run_dir(config, prefix) if ranks.is_main else None
+        run_dir = broadcast_object(run_dir, ranks)
+        if ranks.is_main:
+            hold.enter_context(lock_run_dir(run_dir))
     else:
         run_dir = start.resume_dir
+    if not ranks.is_main:  # rank 0 writes and tracks the run
+        stop = stop if stop is not None else StopRequest()
+        return OpenRun(run_dir, MultiTracker(()), stop, resume_command)
     tracker = start_tracker(config, run_dir, resume=resume is not None)
     hold.callback(tracker.close)
     if resume is None:

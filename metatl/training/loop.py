@@ -5,7 +5,8 @@ pretraining (a step is a batch of images, :class:`SupervisedSteps`) differ only 
 step. Everything around it is here, once: the log window and progress, validation on fixed
 episodes with ``best.pt`` kept, ``last.pt`` for an exact resume (written at validations, at
 the strategy's checkpoint points, at the end and on a stop), the stop on a non-finite loss
-and the stop on SIGTERM/SIGINT (within one step or one validation episode).
+and the stop on SIGTERM/SIGINT (within one step or one validation episode). Under torchrun
+every rank runs the loop; the ranks agree on each stop, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from metatl.config import RunConfig, config_to_dict
 from metatl.tracking import Tracker
 from metatl.training.checkpoint import save_checkpoint
+from metatl.training.distributed import any_rank, current_ranks, gather_objects
 from metatl.training.evaluation import EvalResult
 from metatl.training.preemption import Interrupted, Preempted, StopRequest
 from metatl.training.progress import Progress
@@ -124,6 +126,7 @@ class TrainingLoop:
         self.val_pending = False  # stopped during this step's validation: redo it first
         self.train_time_s = 0.0
         self.last_saved_step: int | None = None
+        self.ranks = current_ranks()
         self._clock = time.perf_counter()
 
     @property
@@ -141,7 +144,9 @@ class TrainingLoop:
         self.best = dict(payload["val"])
         self.val_pending = bool(payload.get("val_pending", False))
         self.train_time_s = float(payload.get("train_time_s", 0.0))
-        restore_rng_state(payload["rng"])
+        per_rank = payload.get("rng_ranks") or []
+        same_ranks = len(per_rank) == self.ranks.world_size
+        restore_rng_state(per_rank[self.ranks.rank] if same_ranks else payload["rng"])
 
     def run(self, stop: StopRequest | None = None) -> dict[str, Any]:
         """Train to the last step.
@@ -171,11 +176,12 @@ class TrainingLoop:
                 if validated:
                     self._validate(stop)
                     window.restart()  # validation time is not step time
-                if stop:
+                stopping = any_rank(bool(stop), self.ranks)  # a signal may reach one rank first
+                if stopping:
                     self._log(window, bar)
-                if validated or steps.checkpoint_due(step) or step == steps.total_steps or stop:
+                if validated or steps.checkpoint_due(step) or step == steps.total_steps or stopping:
                     self._save_last()
-                if stop and step < steps.total_steps:
+                if stopping and step < steps.total_steps:
                     raise self._preempted(stop.signal_name or "a stop request")
         finally:
             bar.close()
@@ -227,7 +233,8 @@ class TrainingLoop:
             self.best = {"accuracy": result.mean, "ci95": ci95, "step": step} | extras
             payload = self.steps.best_state() | extras
             payload |= {"config": config_to_dict(self.config), "step": step, "val": self.best}
-            save_checkpoint(self.run_dir / "best.pt", payload)
+            if self.ranks.is_main:
+                save_checkpoint(self.run_dir / "best.pt", payload)
         self.tracker.log(
             {
                 "val/accuracy": result.mean,
@@ -250,19 +257,24 @@ class TrainingLoop:
         now = time.perf_counter()
         self.train_time_s += now - self._clock
         self._clock = now
+        rng_ranks = gather_objects(rng or capture_rng_state(), self.ranks)
+        path = self.run_dir / "last.pt"
+        self.last_saved_step = self.step
+        if not self.ranks.is_main:
+            return path
         payload = self.steps.state_dict() | {
             "config": config_to_dict(self.config),
             "step": self.step,
             "val": dict(self.best),
-            "rng": rng or capture_rng_state(),
+            "rng": rng_ranks[0],
             "data": self.fingerprint,
             "val_pending": self.val_pending,
             # Wall time of all training so far, so a resumed run reports the whole.
             "train_time_s": self.train_time_s,
         }
-        path = save_checkpoint(self.run_dir / "last.pt", payload)
-        self.last_saved_step = self.step
-        return path
+        if self.ranks.active:  # each rank's generators, for a resume with as many ranks
+            payload["rng_ranks"] = rng_ranks
+        return save_checkpoint(path, payload)
 
     def _preempted(self, signal_name: str) -> Preempted:
         return Preempted(signal_name, self.step, self.run_dir / "last.pt", self.resume_hint)

@@ -29,6 +29,14 @@ from metatl.training.checkpoint import (
 )
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
+from metatl.training.distributed import (
+    Ranks,
+    RunningStats,
+    broadcast_module,
+    broadcast_object,
+    current_ranks,
+    sum_gradients,
+)
 from metatl.training.evaluation import (
     EvalResult,
     build_methods,
@@ -75,7 +83,10 @@ class EpisodicSteps:
     """Meta-training's step: a meta-batch of episodes, one Adam step on their mean loss.
 
     The episode of each step depends only on ``(seed, index)``, so a run continued at step
-    ``s`` starts the episode stream at index ``s * train.meta_batch``.
+    ``s`` starts the episode stream at index ``s * train.meta_batch``. Under torchrun each
+    rank runs its shard of every meta-batch and the gradients are summed over the ranks
+    before the step (see :mod:`metatl.training.distributed`): the step is the one-process
+    step.
 
     Args:
         learner: The learner, on ``config.device``.
@@ -113,24 +124,47 @@ class EpisodicSteps:
             self.optimizer, step_size=config.optim.lr_decay_every, gamma=config.optim.lr_decay
         )
         self.scaler = grad_scaler(self.device, config.precision)
+        self.ranks = current_ranks()
+        self.running_stats = RunningStats(learner) if self.ranks.active else None
+        broadcast_module(learner, self.ranks)
         self._episodes: Iterator[Episode] | None = None
 
     def train_step(self, step: int) -> dict[str, float]:
         if self._episodes is None:  # first step of this process: the stream starts here
             self._episodes = iter(self._loader(first_step=step))
-        learner, meta_batch = self.learner, self.items_per_step
+        learner, meta_batch, stats = self.learner, self.items_per_step, self.running_stats
         learner.train()
         self.optimizer.zero_grad(set_to_none=True)
-        # A meta-batch: the mean loss over several episodes, one episode's graph at a time.
-        metrics = {"loss": 0.0, "accuracy": 0.0}
-        for _ in range(meta_batch):
+        if stats is not None:
+            stats.begin_step()
+        # A meta-batch: the mean loss over several episodes, one episode's graph at a time
+        # (this rank's share of them under torchrun).
+        loss_sum = accuracy_sum = 0.0  # means over the whole meta-batch
+        bad: float | None = None
+        for position in self.ranks.shard(meta_batch):
+            if stats is not None:
+                stats.before_episode()
             with autocast(self.device, self.config.precision):
                 loss, episode_metrics = learner.loss(next(self._episodes).to(self.device))
             if not math.isfinite(episode_metrics["loss"]):
-                raise NonFiniteLoss(episode_metrics["loss"])
+                if not self.ranks.active:
+                    raise NonFiniteLoss(episode_metrics["loss"])
+                bad = episode_metrics["loss"]  # raised on every rank after the all-reduce
+                continue
             self.scaler.scale(loss / meta_batch).backward()
-            for key in metrics:
-                metrics[key] += episode_metrics[key] / meta_batch
+            if stats is not None:
+                stats.after_episode(position)
+            loss_sum += episode_metrics["loss"] / meta_batch
+            accuracy_sum += episode_metrics["accuracy"] / meta_batch
+        if self.ranks.active:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            totals = sum_gradients(params, [loss_sum, accuracy_sum, float(bad is not None)])
+            loss_sum, accuracy_sum, bad_ranks = totals
+            if bad_ranks:
+                raise NonFiniteLoss(bad if bad is not None else float("nan"))
+            assert stats is not None
+            stats.end_step(meta_batch)
+        metrics = {"loss": loss_sum, "accuracy": accuracy_sum}
         self.scaler.step(self.optimizer)
         scale = self.scaler.get_scale()
         self.scaler.update()
@@ -147,8 +181,8 @@ class EpisodicSteps:
             t.steps * t.meta_batch,
             self.transform,
         )
-        if first_step > 1:
-            stream = Subset(stream, range((first_step - 1) * t.meta_batch, len(stream)))
+        if first_step > 1 or self.ranks.active:
+            stream = Subset(stream, _ShardedSteps(first_step, t.steps, t.meta_batch, self.ranks))
         workers = self.config.data.workers
         return DataLoader(
             stream, batch_size=None, num_workers=workers, persistent_workers=workers > 0
@@ -203,6 +237,27 @@ class EpisodicSteps:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])
+
+
+class _ShardedSteps(Sequence[int]):
+    """The episode indices one rank draws from step ``first_step`` to ``last_step``: its
+    shard of each step's meta-batch, in order, computed on demand."""
+
+    def __init__(self, first_step: int, last_step: int, meta_batch: int, ranks: Ranks) -> None:
+        self.first, self.meta_batch = (first_step - 1) * meta_batch, meta_batch
+        self.positions = list(ranks.shard(meta_batch))
+        self.steps = last_step - first_step + 1
+
+    def __len__(self) -> int:
+        return self.steps * len(self.positions)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        step, k = divmod(i % len(self), len(self.positions))
+        return self.first + step * self.meta_batch + self.positions[k]
 
 
 def meta_train(
@@ -307,7 +362,8 @@ def run_experiment(
         else:  # a learner that only adapts per episode (linear probe, fine-tune): as is
             best_val = {}
             weights = {"model": learner.state_dict(), "config": config_to_dict(config)}
-            save_checkpoint(run.run_dir / "best.pt", weights | {"step": 0, "val": best_val})
+            if current_ranks().is_main:
+                save_checkpoint(run.run_dir / "best.pt", weights | {"step": 0, "val": best_val})
         train_time = time.perf_counter() - started
         train_time += float((start.resume or {}).get("train_time_s", 0.0))
         steps = config.train.steps
@@ -351,7 +407,9 @@ def test_best(
     """
     if run.stop:  # between training and the test: last.pt already holds the final step
         raise run.preempted(step)
-    weights.load_state_dict(load_checkpoint(run.run_dir / "best.pt")["model"])
+    ranks = current_ranks()  # rank 0 reads best.pt: the others need not see its disk
+    best = load_checkpoint(run.run_dir / "best.pt")["model"] if ranks.is_main else None
+    weights.load_state_dict(broadcast_object(best, ranks))
     try:
         return evaluate_methods(methods, learner, test_data, config, stop=run.stop)
     except Interrupted as err:
@@ -386,7 +444,9 @@ def finish_run(
 ) -> None:
     """The end of every run: the test table logged at ``step``, ``results.json`` (with
     ``extra``), the summary; with ``report``, ``report.md`` and the plots, logged and
-    uploaded."""
+    uploaded. Rank 0's work alone under torchrun."""
+    if not current_ranks().is_main:
+        return
     run_dir = result.run_dir
     tracker.log(test_metrics(result.test), step)
     write_results(run_dir / "results.json", result, config, extra)

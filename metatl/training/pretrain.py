@@ -45,6 +45,7 @@ from metatl.training.checkpoint import (
 )
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
+from metatl.training.distributed import current_ranks
 from metatl.training.evaluation import EvalResult, build_methods, evaluate
 from metatl.training.lifecycle import RunStart, check_run, open_run
 from metatl.training.loop import NonFiniteLoss, TrainingLoop
@@ -227,6 +228,11 @@ class Pretrainer:
         tracker: Tracker,
         fingerprint: dict[str, Any] | None = None,
     ) -> None:
+        if current_ranks().active:
+            raise ConfigError(
+                f"{self.resume_command} runs on one process for now: start it with python, "
+                "not torchrun (python -m metatl.train is the one that runs under torchrun)"
+            )
         self.config, self.train_data, self.val_data = config, train_data, val_data
         self.device = resolve_device(config.device)
         # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
