@@ -3,6 +3,8 @@ one-line messages with a non-zero exit code."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -26,12 +28,14 @@ def run_main(body: Callable[[], int]) -> int:
     """Run an entrypoint body; a user error becomes ``error: ...`` on stderr and exit 2, a
     run or evaluation stopped by SIGTERM/SIGINT (:class:`Interrupted`; a run has written its
     checkpoint) exits with ``EXIT_PREEMPTED`` (75)."""
-    # Under torchrun rank 0 tells the story; the other ranks only warn.
-    rank = os.environ.get("RANK", "0").strip() or "0"
-    level = logging.INFO if rank == "0" else logging.WARNING
+    # Under torchrun rank 0 tells the story and prints the tables; the others only warn.
+    main_rank = (os.environ.get("RANK", "0").strip() or "0") == "0"
+    level = logging.INFO if main_rank else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    quiet = contextlib.nullcontext() if main_rank else contextlib.redirect_stdout(io.StringIO())
     try:
-        return body()
+        with quiet:
+            return body()
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ code 75) or by an error leaves nothing behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -33,6 +34,8 @@ from metatl.reports import write_run_report
 from metatl.tracking import create_tracker
 from metatl.training import load_checkpoint, load_split
 from metatl.training.checkpoint import checkpoint_config
+from metatl.training.device import resolve_device
+from metatl.training.distributed import launched_ranks, process_group, rank_device
 from metatl.training.evaluation import (
     EvalResult,
     build_methods,
@@ -94,13 +97,17 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     if out_base is None:
         out_base = checkpoints[0].parent / "evaluations" / time.strftime("%Y%m%d-%H%M%S")
         _check_out_dir(out_base, "the evaluation directory")
-    with stop_on_signals() as stop:
+    with contextlib.ExitStack() as hold:
+        stop = hold.enter_context(stop_on_signals())
         loaded = [load_checkpoint(c) for c in checkpoints]
         configs = [
             _effective_config(c, file, overrides, args)
             for c, file in zip(loaded, checkpoints, strict=True)
         ]
         config = configs[0]
+        # Under torchrun the episodes are split across the ranks; rank 0 reports.
+        device = rank_device(resolve_device(config.device), launched_ranks())
+        ranks = hold.enter_context(process_group(device))
         _check_same_data(configs, checkpoints)
         split = load_split(config.data, args.split or config.data.test_split)
         stop.check()  # a signal while the data loaded: no need to build anything more
@@ -119,6 +126,8 @@ def _evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
         started = time.perf_counter()
         table = evaluate_learners(learners, split, config, stop=stop)
         eval_time = time.perf_counter() - started
+        if not ranks.is_main:  # rank 0 writes the evaluation directory
+            return 0
         _print_tables(table, split, config)
         results = _results(checkpoints, loaded, config, split.name, table, eval_time)
         if args.json:

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from metatl.cli import add_run_arguments, command_config, run_main, start_run
 from metatl.tracking import sweep_overrides
 from metatl.training import run_experiment
-from metatl.training.distributed import launched_ranks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,8 +26,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Under `wandb.agent(function=...)` the sweep's parameters win over everything.
         config = command_config(args, overrides, sweep_overrides())
         result = start_run(run_experiment, config, args)
-        if not launched_ranks().is_main:  # under torchrun rank 0 reports
-            return 0
         print(f"\nTest accuracy (mean ± 95% CI), run {result.run_dir}:\n")
         print(result.table())
         return 0

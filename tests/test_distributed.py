@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 
 from episodes import EpisodeDataset, EpisodeSpec
 from metatl.config import load_config
+from metatl.tracking import MultiTracker
 from metatl.training import load_checkpoint
 from metatl.training.builders import build_learner
 from metatl.training.data import ImageTransform
@@ -27,6 +28,7 @@ from metatl.training.distributed import Ranks, any_rank, current_ranks
 from metatl.training.evaluation import evaluate
 from metatl.training.meta_train import EpisodicSteps, _ShardedSteps
 from metatl.training.preemption import EXIT_PREEMPTED, Interrupted, StopRequest
+from metatl.training.pretrain import Pretrainer, build_model
 from tests.conftest import make_pattern_images
 
 REPO = Path(__file__).parents[1]
@@ -124,9 +126,34 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             results["stopped"] = True
         results["any"] = [any_rank(rank == 0), any_rank(False)]
         results["ranks"] = current_ranks()
+        results["pretrain"] = _pretrain_step(tempfile.mkdtemp(dir=out_dir))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def _pretrainer(run_dir: str) -> Pretrainer:
+    torch.manual_seed(2)
+    data = make_pattern_images(n_classes=6, per_class=9, size=28)
+    config = load_config(
+        None, ["pretrain.batch_size=15", "pretrain.epochs=1", "device=cpu", "precision=fp32"]
+    )
+    model = build_model(config, data).double()
+    trainer = Pretrainer(model, config, data, data, Path(run_dir), MultiTracker(()))
+    trainer.objective.inputs = _in_float64(trainer.objective.inputs)  # type: ignore[method-assign]
+    return trainer
+
+
+def _in_float64(inputs: Any) -> Any:
+    return lambda images, generator: inputs(images, generator).double()
+
+
+def _pretrain_step(run_dir: str) -> dict[str, Any]:
+    """One supervised pretraining step (float64): its metrics, the gradients and the model."""
+    trainer = _pretrainer(run_dir)
+    metrics = trainer.train_step(1)
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters()}
+    return {"metrics": metrics, "grads": grads, "model": trainer.model.state_dict()}
 
 
 def _evaluation(stop: StopRequest | None = None) -> list[float]:
@@ -192,6 +219,34 @@ def test_a_stop_that_reaches_one_rank_stops_all(two_ranks: list[dict[str, Any]])
     assert [r["ranks"] for r in two_ranks] == [Ranks(0, 2, 0), Ranks(1, 2, 0)]
 
 
+def test_pretraining_is_data_parallel_the_ddp_way(
+    two_ranks: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Each rank takes a block of the batch (BatchNorm normalises each block by its own
+    statistics, as DDP without SyncBatchNorm): the gradient is the one-process gradient of
+    the blocks' losses weighted by their sizes, and every rank ends with the same weights."""
+    trainer = _pretrainer(str(tmp_path))
+    trainer.model.train()
+    weighted_loss, batch = 0.0, trainer.batch_size
+    for rank in range(2):
+        trainer.ranks = Ranks(rank, 2)
+        inputs, items = trainer.batch(0, 0)
+        outputs = trainer.objective.forward(trainer.model, inputs)
+        labels = trainer.train_data.labels[items]
+        loss, _ = trainer.objective.criterion(outputs, labels)
+        (loss * len(items) / batch).backward()
+        weighted_loss += float(loss.detach()) * len(items) / batch
+    assert [len(Ranks(r, 2).shard(batch)) for r in range(2)] == [7, 8]
+    for rank in two_ranks:
+        step = rank["pretrain"]
+        assert step["metrics"]["loss"] == pytest.approx(weighted_loss, rel=1e-12)
+        for name, p in trainer.model.named_parameters():
+            assert torch.allclose(step["grads"][name], p.grad, rtol=0, atol=1e-9), name
+    first, second = (r["pretrain"]["model"] for r in two_ranks)
+    for key, value in first.items():
+        assert torch.equal(second[key], value), key
+
+
 # ---- torchrun -m metatl.train -----------------------------------------------------------------
 
 
@@ -240,6 +295,7 @@ def _relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
 
 
+@pytest.mark.slow
 def test_torchrun_training_matches_one_process(folder_dataset: Path, tmp_path: Path) -> None:
     """60 steps of ProtoNet on 2 processes and on 1: the same test accuracy, and the same
     weights up to round-off as Adam grows it. Summing a meta-batch's gradients in another
@@ -269,6 +325,32 @@ def test_torchrun_training_matches_one_process(folder_dataset: Path, tmp_path: P
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(x)["step"] for x in lines if '"kind": "metrics"' in x and "train/" in x]
     assert steps == sorted(set(steps))
+
+    # python -m metatl.evaluate splits the episodes over the ranks: the same numbers.
+    evaluate = ["-m", "metatl.evaluate", "--checkpoint", str(tmp_path / "two"), "--episodes", "13"]
+    tables = []
+    for n, launcher in ((1, [sys.executable]), (2, _torchrun())):
+        out = tmp_path / f"eval{n}.json"
+        command = [*launcher, *evaluate, "--json", str(out), "--out-dir", str(tmp_path / f"e{n}")]
+        done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("Report:") == 1
+        tables.append(json.loads(out.read_text()))
+    assert tables[0] == tables[1]
+    assert not (tmp_path / "e2-2").exists()  # one evaluation directory
+
+
+def test_adapt_refuses_torchrun_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metatl.adaptation import run_adaptation
+    from metatl.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="one process"):
+        run_adaptation(load_config(None, [f"out_dir={tmp_path / 'runs'}"]))
+    assert not (tmp_path / "runs").exists()
 
 
 def _children(pid: int) -> list[int]:

@@ -42,6 +42,7 @@ __all__ = [
     "Ranks",
     "RunningStats",
     "any_rank",
+    "average_buffers",
     "barrier",
     "broadcast_module",
     "broadcast_object",
@@ -229,6 +230,24 @@ def broadcast_module(module: nn.Module, ranks: Ranks | None = None) -> None:
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
             dist.broadcast(tensor.data, src=0)
+
+
+def average_buffers(module: nn.Module, ranks: Ranks | None = None) -> None:
+    """Every floating-point buffer of ``module`` (BatchNorm running statistics) replaced by
+    its mean over the ranks, in one all-reduce: after a data-parallel step in which each
+    rank normalised its own share of the batch."""
+    ranks = ranks or current_ranks()
+    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    if not ranks.active or not buffers:
+        return
+    flat = torch.cat([b.detach().reshape(-1).double() for b in buffers])
+    dist.all_reduce(flat)
+    flat /= ranks.world_size
+    offset = 0
+    with torch.no_grad():
+        for b in buffers:
+            b.copy_(flat[offset : offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 def sum_gradients(

@@ -45,7 +45,12 @@ from metatl.training.checkpoint import (
 )
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
-from metatl.training.distributed import current_ranks
+from metatl.training.distributed import (
+    average_buffers,
+    broadcast_module,
+    current_ranks,
+    sum_gradients,
+)
 from metatl.training.evaluation import EvalResult, build_methods, evaluate
 from metatl.training.lifecycle import RunStart, check_run, open_run
 from metatl.training.loop import NonFiniteLoss, TrainingLoop
@@ -228,11 +233,7 @@ class Pretrainer:
         tracker: Tracker,
         fingerprint: dict[str, Any] | None = None,
     ) -> None:
-        if current_ranks().active:
-            raise ConfigError(
-                f"{self.resume_command} runs on one process for now: start it with python, "
-                "not torchrun (python -m metatl.train is the one that runs under torchrun)"
-            )
+        self.ranks = current_ranks()
         self.config, self.train_data, self.val_data = config, train_data, val_data
         self.device = resolve_device(config.device)
         # Channels-last convolutions are ~20% faster on CPU (oneDNN) and on recent GPUs.
@@ -240,6 +241,7 @@ class Pretrainer:
             torch.channels_last if self.device.type in ("cpu", "cuda") else torch.preserve_format
         )
         self.model = model.to(self.device, memory_format=self.memory_format)
+        broadcast_module(self.model, self.ranks)
         p = config.pretrain
         self.optimizer = torch.optim.SGD(
             [w for w in self.model.parameters() if w.requires_grad],
@@ -305,7 +307,11 @@ class Pretrainer:
             generator = derived_generator(self.config.seed, _ORDER, epoch)
             self._order = (epoch, torch.randperm(len(self.train_data), generator=generator))
         items = self._order[1][index * self.batch_size : (index + 1) * self.batch_size]
-        generator = derived_generator(self.config.seed, _AUGMENT, epoch, index)
+        keys: tuple[int, ...] = (self.config.seed, _AUGMENT, epoch, index)
+        if self.ranks.active:  # this rank's block of the batch, augmented by its own stream
+            block = self.ranks.shard(len(items))
+            items, keys = items[block.start : block.stop], (*keys, self.ranks.rank)
+        generator = derived_generator(*keys)
         inputs = self.objective.inputs(self.train_data.images[items], generator)
         inputs = inputs.to(self.device, non_blocking=True).contiguous(
             memory_format=self.memory_format
@@ -326,6 +332,8 @@ class Pretrainer:
             loss, accuracy = objective.criterion(outputs, labels)
         else:  # learns from the images alone: no label is gathered
             loss, accuracy = objective.criterion(outputs)
+        if self.ranks.active:
+            return self._optimise_across_ranks(loss, accuracy, len(items)) | {"lr": lr}
         return {"loss": self.optimise(loss), "accuracy": accuracy, "lr": lr}
 
     def set_learning_rate(self, step: int) -> float:
@@ -349,6 +357,31 @@ class Pretrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return value
+
+    def _optimise_across_ranks(
+        self, loss: torch.Tensor, accuracy: float, images: int
+    ) -> dict[str, float]:
+        """:meth:`optimise` under torchrun, the DDP way: each rank's mean loss over its
+        ``images`` weighted by its share of the batch, the gradients summed over the ranks,
+        one step; BatchNorm statistics (each rank's from its own share) averaged.
+
+        Raises:
+            NonFiniteLoss: The loss is not finite on some rank; nothing was updated.
+        """
+        value, weight = float(loss.detach()), images / self.batch_size
+        finite = math.isfinite(value)
+        self.optimizer.zero_grad(set_to_none=True)
+        if finite:
+            self.scaler.scale(loss * weight).backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        extras = [value * weight if finite else 0.0, accuracy * weight, float(not finite)]
+        total, accuracy, bad_ranks = sum_gradients(params, extras, self.ranks)
+        if bad_ranks:
+            raise NonFiniteLoss(value if not finite else float("nan"))
+        average_buffers(self.model, self.ranks)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": total, "accuracy": accuracy}
 
     def where(self, step: int) -> str:
         epoch, batch = divmod(step - 1, self.batches_per_epoch)
