@@ -91,10 +91,9 @@ class Ranks:
         rank 0's first. The blocks of all ranks partition the items, whatever ``n`` (they
         differ in size by one at most).
 
-        Contiguous, not strided, so that each rank's partial sum of the episodes' gradients
-        is a prefix sum of the one-process sum in the one-process order: with two ranks the
-        all-reduced gradient is then the one-process gradient bit for bit (float addition of
-        two numbers is commutative); with more, equal to round-off.
+        Contiguous, not strided: each rank adds its episodes' gradients in their
+        one-process order, so the all-reduced sum differs from the one-process sum only in
+        where the partial sums meet (round-off).
         """
         start = offset + self.rank * n // self.world_size
         return range(start, offset + (self.rank + 1) * n // self.world_size)
