@@ -340,16 +340,53 @@ def test_torchrun_training_matches_one_process(folder_dataset: Path, tmp_path: P
     assert not (tmp_path / "e2-2").exists()  # one evaluation directory
 
 
+@pytest.mark.slow
+def test_torchrun_transfer_compare_matches_one_process(
+    folder_dataset: Path, tmp_path: Path
+) -> None:
+    """``metatl.transfer compare`` under torchrun: episodes split, the one-process table."""
+    args = [
+        "-m",
+        "metatl.transfer",
+        "compare",
+        "--quick",
+        "--source",
+        "rnd=conv4@random",
+        "data.dataset=image_folder",
+        f"data.root={folder_dataset}",
+        f"out_dir={tmp_path}",
+        "compare.way=3",
+        "compare.query=4",
+        "compare.episodes=9",
+        "compare.finetune_blocks=[4]",
+        "compare.score_images=40",
+        "tracking.wandb.mode=disabled",
+    ]
+    for n, launcher in ((1, [sys.executable]), (2, _torchrun())):
+        command = [*launcher, *args, f"name=c{n}"]
+        done = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    one, two = (json.loads((tmp_path / f"c{n}" / "results.json").read_text()) for n in (1, 2))
+    assert one["results"] == two["results"]
+    assert one["rank_correlation"] == two["rank_correlation"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c1", "c2"]
+
+
 def test_adapt_refuses_torchrun_before_writing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from metatl.adaptation import run_adaptation
     from metatl.config import ConfigError
+    from metatl.transfer.compare_run import run_compare
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="one process"):
         run_adaptation(load_config(None, [f"out_dir={tmp_path / 'runs'}"]))
+    with pytest.raises(ConfigError, match="all_labels"):
+        run_compare(
+            load_config(None, ["compare.sources=[r=conv4@random]", "compare.all_labels=true"])
+        )
     assert not (tmp_path / "runs").exists()
 
 

@@ -28,6 +28,12 @@ from metatl.config import ConfigError, RunConfig, config_to_dict
 from metatl.tracking import Tracker, create_tracker
 from metatl.training.data import load_split
 from metatl.training.device import resolve_device
+from metatl.training.distributed import (
+    broadcast_object,
+    launched_ranks,
+    process_group,
+    rank_device,
+)
 from metatl.training.preemption import StopRequest
 from metatl.training.run_dir import check_out_dir, lock_run_dir, new_run_dir, with_data_root
 from metatl.transfer.advice import Advice, advise_all
@@ -93,6 +99,12 @@ def run_compare(
             "compare.sources=[imagenet=mobilenet_v2@IMAGENET1K_V1,random=conv4@random,"
             "mine=runs/<run>]"
         )
+    launched = launched_ranks()
+    if launched.active and settings.all_labels:
+        raise ConfigError(
+            "compare.all_labels trains every source on the whole training split, on one "
+            "process: run it with python, not torchrun, or set compare.all_labels=false"
+        )
     data = load_split(config.data, settings.split or config.data.test_split)
     _check_episodes(data, config)
     train = None
@@ -101,12 +113,18 @@ def run_compare(
         check_same_classes(train, data)
     sources = _load_sources(config, data)
     check_out_dir(config)
-    out_dir = new_run_dir(config, f"compare-{config.data.dataset}")
-    with lock_run_dir(out_dir):
-        write_text_atomic(
-            out_dir / "config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False)
-        )
+    # Under torchrun the episodes are split over the ranks; rank 0 writes and tracks.
+    device = rank_device(resolve_device(config.device), launched)
+    with process_group(device) as ranks, contextlib.ExitStack() as hold:
+        out_dir = new_run_dir(config, f"compare-{config.data.dataset}") if ranks.is_main else None
+        out_dir = broadcast_object(out_dir, ranks)
+        if ranks.is_main:
+            hold.enter_context(lock_run_dir(out_dir))
+            text = yaml.safe_dump(config_to_dict(config), sort_keys=False)
+            write_text_atomic(out_dir / "config.yaml", text)
         result = _compare(config, sources, data, train, out_dir, stop)
+        if not ranks.is_main:
+            return result
         write_text_atomic(out_dir / "results.json", json.dumps(results_json(result), indent=2))
         with contextlib.closing(_tracker(config, out_dir)) as tracker:
             tracker.log_config(config_to_dict(config))
