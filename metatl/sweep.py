@@ -21,6 +21,7 @@ from metatl.sweeping import (
     write_report,
     write_results,
 )
+from metatl.training.distributed import single_process
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
+        # Each trial is a process of its own: the controller itself runs once.
+        single_process("python -m metatl.sweep")
         controller = _controller(args, overrides)
         try:
             with _sigterm_as_interrupt():

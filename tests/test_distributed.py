@@ -24,7 +24,7 @@ from metatl.tracking import MultiTracker
 from metatl.training import load_checkpoint
 from metatl.training.builders import build_learner
 from metatl.training.data import ImageTransform
-from metatl.training.distributed import Ranks, any_rank, current_ranks
+from metatl.training.distributed import Ranks, any_rank, current_ranks, seed_ranks
 from metatl.training.evaluation import evaluate
 from metatl.training.meta_train import EpisodicSteps, _ShardedSteps
 from metatl.training.preemption import EXIT_PREEMPTED, Interrupted, StopRequest
@@ -372,17 +372,35 @@ def test_torchrun_transfer_compare_matches_one_process(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c1", "c2"]
 
 
-def test_adapt_refuses_torchrun_before_writing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_each_rank_draws_its_own_random_numbers_inside_a_step() -> None:
+    torch.manual_seed(7)
+    untouched = torch.get_rng_state()
+    seed_ranks(7, Ranks())
+    assert torch.equal(torch.get_rng_state(), untouched)  # one process: as it always was
+    draws = []
+    for rank in (0, 1, 0):
+        seed_ranks(7, Ranks(rank, 2))
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[1])
+
+
+def test_commands_without_a_distributed_mode_refuse_torchrun_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from metatl.adaptation import run_adaptation
     from metatl.config import ConfigError
+    from metatl.sweep import main as sweep_main
     from metatl.transfer.compare_run import run_compare
+    from metatl.transfer.study import run_layer_study
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(ConfigError, match="one process"):
         run_adaptation(load_config(None, [f"out_dir={tmp_path / 'runs'}"]))
+    with pytest.raises(ConfigError, match="one process"):
+        run_layer_study(load_config(None, [f"out_dir={tmp_path / 'runs'}"]))
+    assert sweep_main(["spec.yaml"]) == 2
+    assert "python -m metatl.sweep runs on one process" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="all_labels"):
         run_compare(
             load_config(None, ["compare.sources=[r=conv4@random]", "compare.all_labels=true"])

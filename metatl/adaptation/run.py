@@ -41,7 +41,7 @@ from metatl.config import ConfigError, RunConfig
 from metatl.training.builders import build_backbone
 from metatl.training.checkpoint import CheckpointError, checkpoint_config, load_checkpoint
 from metatl.training.data import ImageTransform, load_split
-from metatl.training.distributed import launched_ranks
+from metatl.training.distributed import single_process
 from metatl.training.evaluation import EvalResult, evaluate
 from metatl.training.lifecycle import RunStart, check_run, open_run
 from metatl.training.meta_train import ReportWriter, RunResult, finish_run
@@ -126,11 +126,7 @@ def run_adaptation(
         NonFiniteLossError: The loss became NaN or infinite.
         Preempted: ``stop`` fired; ``last.pt`` is up to date.
     """
-    if launched_ranks().active:  # before anything is read or written
-        raise ConfigError(
-            "python -m metatl.adapt runs on one process: start it with python, not torchrun "
-            "(metatl.train, metatl.pretrain and metatl.evaluate run under torchrun)"
-        )
+    single_process("python -m metatl.adapt")
     with contextlib.ExitStack() as hold:
         start = check_run(
             hold, config, resume_dir=resume_dir, data_root=data_root, read_resume=_resume_point

@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -51,6 +52,8 @@ __all__ = [
     "launched_ranks",
     "process_group",
     "rank_device",
+    "seed_ranks",
+    "single_process",
     "sum_gradients",
 ]
 
@@ -121,6 +124,33 @@ def launched_ranks() -> Ranks:
     return Ranks(rank, world, local)
 
 
+def single_process(command: str) -> None:
+    """Refuse to run ``command`` under torchrun, before it reads or writes anything.
+
+    Raises:
+        ConfigError: Several processes were launched.
+    """
+    if launched_ranks().active:
+        raise ConfigError(
+            f"{command} runs on one process: start it with python, not torchrun "
+            "(metatl.train, metatl.pretrain, metatl.evaluate and metatl.transfer compare run "
+            "under torchrun)"
+        )
+
+
+def seed_ranks(seed: int, ranks: Ranks) -> None:
+    """Give each rank its own stream of the global torch generator, from ``(seed, rank)``.
+
+    Episodes and augmentations never draw from it, but dropout, drop-path or CAML's label
+    slots do: with one seed every rank would draw what rank 0 draws. Called once the model is
+    built (its initial weights come from ``seed`` and rank 0's are broadcast anyway); a no-op
+    on one process, whose stream stays what it always was.
+    """
+    if ranks.active:
+        mixed = np.random.SeedSequence([seed, ranks.rank]).generate_state(1, np.uint64)[0]
+        torch.manual_seed(int(mixed >> np.uint64(1)))
+
+
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """The device of this rank: ``cuda`` means ``cuda:LOCAL_RANK`` under torchrun (one GPU per
     process), made the current CUDA device; other devices are as given."""
@@ -180,6 +210,10 @@ def process_group(device: torch.device) -> Iterator[Ranks]:
     logger.info("rank %d of %d (%s)", launched.rank, launched.world_size, backend)
     try:
         yield current_ranks()
+        # Leave together: a rank that tears its group down while another still works (rank 0
+        # writing the report) could abort in gloo's teardown. Not after an error, which may
+        # have reached one rank only: the job then fails anyway.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -270,8 +304,8 @@ def sum_gradients(
         return list(extras)
     grads = [p.grad for p in parameters]
     like = next((g for g in grads if g is not None), None)
-    dtype = like.dtype if like is not None else torch.float32
-    device = like.device if like is not None else _collective_device()
+    dtype = like.dtype if like is not None else parameters[0].dtype
+    device = like.device if like is not None else parameters[0].device
     flat = torch.cat(
         [
             (g if g is not None else torch.zeros(p.shape, dtype=dtype, device=device))

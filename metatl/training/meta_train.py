@@ -35,6 +35,7 @@ from metatl.training.distributed import (
     broadcast_module,
     broadcast_object,
     current_ranks,
+    seed_ranks,
     sum_gradients,
 )
 from metatl.training.evaluation import (
@@ -127,6 +128,18 @@ class EpisodicSteps:
         self.ranks = current_ranks()
         self.running_stats = RunningStats(learner) if self.ranks.active else None
         broadcast_module(learner, self.ranks)
+        seed_ranks(config.seed, self.ranks)
+        world, meta_batch = self.ranks.world_size, config.train.meta_batch
+        if self.ranks.active and self.ranks.is_main and meta_batch % world:
+            logger.warning(
+                "train.meta_batch=%d on %d processes: %s; a multiple of %d keeps every rank busy",
+                meta_batch,
+                world,
+                f"{world - meta_batch} of them have no episode"
+                if meta_batch < world
+                else "their shares differ by one episode and the step waits for the larger",
+                world,
+            )
         self._episodes: Iterator[Episode] | None = None
 
     def train_step(self, step: int) -> dict[str, float]:

@@ -49,6 +49,7 @@ from metatl.training.distributed import (
     average_buffers,
     broadcast_module,
     current_ranks,
+    seed_ranks,
     sum_gradients,
 )
 from metatl.training.evaluation import EvalResult, build_methods, evaluate
@@ -262,6 +263,7 @@ class Pretrainer:
                 "which this model lacks (metatl.training.pretrain.build_model builds it)"
             )
         self.batch_size = self.items_per_step = min(p.batch_size, len(train_data))
+        seed_ranks(config.seed, self.ranks)
         self.batches_per_epoch = len(train_data) // self.batch_size
         self.total_steps = p.epochs * self.batches_per_epoch
         self._order: tuple[int, torch.Tensor] | None = None
@@ -564,6 +566,12 @@ def _build(start: RunStart) -> tuple[PretrainModel, list[str], RunConfig]:
         EpisodeSampler(data.labels, spec, 0, 1, split=data.name, class_names=data.class_names)
     if len(splits["train"]) < 2:
         raise ConfigError(f"{splits['train'].name} has {len(splits['train'])} image(s); need 2+")
+    batch, world = min(config.pretrain.batch_size, len(splits["train"])), current_ranks().world_size
+    if batch < world:
+        raise ConfigError(
+            f"a batch of {batch} images cannot be split over {world} processes: raise "
+            "pretrain.batch_size, or start fewer"
+        )
     pixels = ["pixels"] if config.test.pixel_baseline else []
     methods = list(dict.fromkeys(["protonet", *config.test.methods, *pixels]))
     model = build_model(config, splits["train"], load_pretrained=start.resume is None)

@@ -36,6 +36,7 @@ from metatl.tracking import Tracker, create_tracker
 from metatl.training.builders import build_backbone
 from metatl.training.checkpoint import CheckpointError, load_checkpoint
 from metatl.training.device import resolve_device
+from metatl.training.distributed import single_process
 from metatl.training.preemption import Preempted, StopRequest
 from metatl.training.run_dir import (
     check_out_dir,
@@ -120,6 +121,7 @@ def run_layer_study(
         RunInUseError: Another process works on ``resume_dir``.
         Preempted: ``stop`` fired.
     """
+    single_process("python -m metatl.transfer layers")
     with contextlib.ExitStack() as hold:
         study_dir, study = _open(hold, config, resume_dir, data_root)
         records = read_results(study_dir)
