@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parser.parse_known_args(argv)
 
     def body() -> int:
-        # Each trial is a process of its own: the controller itself runs once.
+        # The controller runs once; a spec's command may start each trial under torchrun.
         single_process("python -m metatl.sweep")
         controller = _controller(args, overrides)
         try:

@@ -372,6 +372,29 @@ def test_torchrun_transfer_compare_matches_one_process(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c1", "c2"]
 
 
+@pytest.mark.slow
+def test_a_sweep_trial_runs_under_torchrun(folder_dataset: Path, tmp_path: Path) -> None:
+    """The sweep controller runs once; a spec whose command starts torchrun makes each trial
+    a 2-process run, which rank 0 writes where the controller reads it."""
+    from metatl import sweep as sweep_cli
+    from tests.test_sweep import _tiny_sweep
+
+    spec = _tiny_sweep(tmp_path, folder_dataset, 12, 6, parameters={"optim.lr": {"value": 3e-3}})
+    text = spec.read_text().replace(
+        "- ${interpreter}\n",
+        "- ${interpreter}\n- -m\n- torch.distributed.run\n- --standalone\n"
+        "- --nproc-per-node\n- '2'\n",
+    )
+    assert "torch.distributed.run" in text
+    spec.write_text(text)
+    out = tmp_path / "sweeps"
+    assert sweep_cli.main([str(spec), "--out-dir", str(out), "--poll", "0.3"]) == 0
+    (sweep_dir,) = out.iterdir()
+    (trial,) = json.loads((sweep_dir / "results.json").read_text())["trials"]
+    assert trial["state"] == "finished" and trial["metric"] is not None
+    assert "rank 0 of 2" in (sweep_dir / "trials" / f"{trial['name']}.log").read_text()
+
+
 def test_each_rank_draws_its_own_random_numbers_inside_a_step() -> None:
     torch.manual_seed(7)
     untouched = torch.get_rng_state()
