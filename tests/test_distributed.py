@@ -76,7 +76,7 @@ def test_sharded_episodes_are_drawn_from_seed_and_index_alone() -> None:
 # ---- one step, two processes ------------------------------------------------------------------
 
 
-def _config(name: str, root: str = "unused") -> Any:
+def _config(name: str, root: str = "unused", extra: list[str] | None = None) -> Any:
     return load_config(
         None,
         [
@@ -90,6 +90,7 @@ def _config(name: str, root: str = "unused") -> Any:
             "model.backbone=conv4",
             "device=cpu",
             *LEARNERS[name],
+            *(extra or []),
         ],
     )
 
@@ -109,12 +110,30 @@ def _one_step(name: str) -> dict[str, torch.Tensor]:
     return out
 
 
+def _ordered_steps(name: str) -> dict[str, Any]:
+    """Three float32 steps with ``train.gradient_sum=episode_order``: the last step's
+    gradients and metrics, and the weights after it."""
+    torch.manual_seed(0)
+    data = make_pattern_images(n_classes=10, per_class=8, size=28)
+    config = _config(name, extra=["train.gradient_sum=episode_order", "precision=fp32"])
+    learner = build_learner(config, 1, 28, n_way=3)
+    steps = EpisodicSteps(learner, data, data, config)
+    metrics = [steps.train_step(step) for step in (1, 2, 3)]
+    out: dict[str, Any] = {"metrics": metrics}
+    out |= {
+        f"grad/{n}": p.grad.clone() for n, p in learner.named_parameters() if p.grad is not None
+    }
+    out |= {f"weight/{n}": p.detach().clone() for n, p in learner.named_parameters()}
+    return out
+
+
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         results: dict[str, Any] = {name: _one_step(name) for name in LEARNERS}
+        results |= {f"ordered/{name}": _ordered_steps(name) for name in LEARNERS}
         results["evaluate"] = _evaluation()
         stop = StopRequest()
         if rank == 1:  # the signal reaches one rank: both stop, at the same episode
@@ -194,6 +213,23 @@ def test_two_processes_give_the_one_process_meta_gradient(
             else:
                 scale = max(1.0, float(value.abs().max()))
                 assert torch.allclose(two[key], value, rtol=0, atol=1e-9 * scale), key
+
+
+@pytest.mark.parametrize("name", list(LEARNERS))
+def test_episode_order_sum_gives_one_process_weights_bit_for_bit(
+    two_ranks: list[dict[str, Any]], name: str
+) -> None:
+    """train.gradient_sum=episode_order: after three float32 Adam steps on 2 ranks, every
+    gradient, weight and metric is the one-process one, bit for bit."""
+    one = _ordered_steps(name)
+    assert one["metrics"][0]["loss"] != one["metrics"][2]["loss"]  # it trained
+    for rank in two_ranks:
+        two = rank[f"ordered/{name}"]
+        assert two.keys() == one.keys()
+        assert two["metrics"] == one["metrics"]
+        for key, value in one.items():
+            if key != "metrics":
+                assert torch.equal(two[key], value), key
 
 
 def test_bn_running_statistics_moved_as_in_one_process(two_ranks: list[dict[str, Any]]) -> None:
@@ -338,6 +374,29 @@ def test_torchrun_training_matches_one_process(folder_dataset: Path, tmp_path: P
         tables.append(json.loads(out.read_text()))
     assert tables[0] == tables[1]
     assert not (tmp_path / "e2-2").exists()  # one evaluation directory
+
+
+@pytest.mark.slow
+def test_episode_order_training_is_the_one_process_run(
+    folder_dataset: Path, tmp_path: Path
+) -> None:
+    """300 MAML steps with ``train.gradient_sum=episode_order`` on 2 processes and on 1:
+    every weight bit for bit, the same test table. The BatchNorm running statistics are
+    composed across ranks to round-off (an average that forgets, so it does not grow)."""
+    extra = ["train.steps=300", "optim.lr_decay_every=150", "train.val_every=100"]
+    extra += ["model.algorithm=maml", "model.maml.bn=running", "train.gradient_sum=episode_order"]
+    for name, processes in (("one", 1), ("two", 2)):
+        done = _train(_args(folder_dataset, tmp_path, name, *extra), processes)
+        assert done.returncode == 0, done.stderr
+    results = [json.loads((tmp_path / n / "results.json").read_text()) for n in ("one", "two")]
+    assert results[0]["test"] == results[1]["test"]
+    weights = [load_checkpoint(tmp_path / n / "last.pt")["model"] for n in ("one", "two")]
+    assert weights[0].keys() == weights[1].keys()
+    for key, value in weights[0].items():
+        if "running_" in key:
+            assert _relative_difference(weights[1][key], value) < 1e-5, key
+        else:
+            assert torch.equal(weights[1][key], value), key
 
 
 @pytest.mark.slow

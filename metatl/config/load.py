@@ -48,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pretrain.objective": ("supervised", "rotation", "simclr", "supervised+rotation"),
     "adapt.method": ("source_only", "dann", "mcc"),
     "adapt.domain_batches": ("joint", "per_domain"),
+    "train.gradient_sum": ("all_reduce", "episode_order"),
     "tracking.wandb.mode": ("auto", "online", "offline", "disabled"),
     "precision": ("auto", "fp32", "bf16", "fp16"),
 }

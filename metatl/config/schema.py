@@ -173,6 +173,11 @@ class TrainConfig:
     # Also write last.pt (with optimiser, scheduler and RNG states) every this many steps,
     # besides at each validation and on SIGTERM/SIGINT; 0 = only then.
     checkpoint_every: int = field(default=0, metadata=between(0, STEPS, "0: at validation only"))
+    # Under torchrun, how a step's gradients are summed over the ranks: all_reduce (each
+    # rank's partial sum, one all-reduce; equal to one process to round-off) | episode_order
+    # (every episode's gradient gathered and added in episode order: bit for bit one
+    # process's weights, at meta_batch / ranks gradient copies per rank).
+    gradient_sum: str = "all_reduce"
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from metatl.config import ConfigError
 
 __all__ = [
     "TIMEOUT_ENV",
+    "EpisodeOrderedGradients",
     "Ranks",
     "RunningStats",
     "any_rank",
@@ -325,6 +326,96 @@ def sum_gradients(
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if count else None
         offset += n
     return tail[len(present) :].tolist()
+
+
+class EpisodeOrderedGradients:
+    """A step's gradients summed over the ranks in episode order: bit for bit one process's.
+
+    :func:`sum_gradients` adds each rank's partial sum, an order of additions one process
+    never makes, so the last bits differ and Adam grows the difference over the steps. Here
+    each rank keeps every episode's gradient apart (:meth:`after_episode` moves it out of
+    ``.grad``); :meth:`end_step` gathers them all and every rank adds them up as one process
+    accumulates them, episode 0 first. It costs ``ceil(M / N)`` gradient copies per rank and
+    an all-gather of ``M`` of them per step (``M`` = meta-batch, ``N`` = ranks) instead of
+    one all-reduce: nothing for Conv-4, real memory and traffic for a ResNet.
+
+    Args:
+        parameters: The parameters the optimiser steps, in the same order on every rank.
+        numbers: How many numbers each episode brings (its loss and accuracy terms), summed
+            in episode order along with the gradients.
+        ranks: The run's ranks (active).
+    """
+
+    def __init__(self, parameters: Sequence[nn.Parameter], numbers: int, ranks: Ranks) -> None:
+        self.parameters, self.numbers, self.ranks = list(parameters), numbers, ranks
+        self._rows: list[tuple[int, torch.Tensor, list[float]]] = []
+
+    def begin_step(self) -> None:
+        self._rows = []
+
+    def after_episode(self, position: int, numbers: Sequence[float]) -> None:
+        """Take the gradient the episode at ``position`` left in ``.grad`` (and clear it),
+        with the episode's ``numbers``."""
+        dtype = self.parameters[0].dtype
+        flat = torch.cat(
+            [
+                (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype)
+                for p in self.parameters
+            ]
+        )
+        present = [1.0 if p.grad is not None else 0.0 for p in self.parameters]
+        for p in self.parameters:
+            p.grad = None
+        self._rows.append((position, flat, [*present, *numbers]))
+
+    def end_step(self, meta_batch: int, bad: bool) -> tuple[list[float], bool]:
+        """Set every parameter's ``.grad`` to the meta-batch's sum, added in episode order.
+
+        Args:
+            meta_batch: Episodes in the step, over all ranks.
+            bad: Whether this rank met a non-finite loss (its episode left no row).
+
+        Returns:
+            The episodes' numbers, each summed in episode order from 0.0, and whether any
+            rank met a non-finite loss (then no ``.grad`` is set).
+        """
+        device, dtype = _collective_device(), self.parameters[0].dtype
+        width = sum(p.numel() for p in self.parameters)
+        rows = -(-meta_batch // self.ranks.world_size)  # the largest shard; others pad
+        grads = torch.zeros(rows, width, dtype=dtype, device=device)
+        # A row's extras: the episode's position (-1: padding), this rank's non-finite flag,
+        # then the parameters' has-a-gradient flags and the episode's numbers.
+        extras = torch.full((rows, 2 + len(self.parameters) + self.numbers), -1.0)
+        extras = extras.double()
+        extras[:, 1] = float(bad)
+        for row, (position, flat, numbers) in enumerate(self._rows):
+            grads[row] = flat.to(device)
+            extras[row, 0] = position
+            extras[row, 2:] = torch.tensor(numbers, dtype=torch.float64)
+        gathered = [torch.empty_like(grads) for _ in range(self.ranks.world_size)]
+        gathered_extras = [torch.empty_like(extras, device=device) for _ in gathered]
+        dist.all_gather(gathered, grads)
+        dist.all_gather(gathered_extras, extras.to(device))
+        all_extras = torch.cat(gathered_extras).cpu()
+        if bool((all_extras[:, 1] > 0).any()):
+            return [], True
+        all_grads = torch.cat(gathered)
+        order = [int(i) for i in all_extras[:, 0].argsort() if all_extras[i, 0] >= 0]
+        total = all_grads[order[0]].clone()
+        for i in order[1:]:
+            total.add_(all_grads[i])  # one process's ``grad += new``, in the same order
+        has_grad = (all_extras[order, 2 : 2 + len(self.parameters)] > 0).any(dim=0).tolist()
+        sums = [0.0] * self.numbers
+        for i in order:
+            for j, x in enumerate(all_extras[i, 2 + len(self.parameters) :].tolist()):
+                sums[j] += x
+        offset = 0
+        for p, has in zip(self.parameters, has_grad, strict=True):
+            n = p.numel()
+            if has:
+                p.grad = total[offset : offset + n].view_as(p).to(p.device, p.dtype)
+            offset += n
+        return sums, False
 
 
 class RunningStats:

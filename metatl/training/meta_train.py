@@ -30,6 +30,7 @@ from metatl.training.checkpoint import (
 from metatl.training.data import ImageTransform
 from metatl.training.device import autocast, grad_scaler, resolve_device
 from metatl.training.distributed import (
+    EpisodeOrderedGradients,
     Ranks,
     RunningStats,
     broadcast_module,
@@ -127,6 +128,11 @@ class EpisodicSteps:
         self.scaler = grad_scaler(self.device, config.precision)
         self.ranks = current_ranks()
         self.running_stats = RunningStats(learner) if self.ranks.active else None
+        self.ordered = (
+            EpisodeOrderedGradients(self._params(), 2, self.ranks)
+            if self.ranks.active and config.train.gradient_sum == "episode_order"
+            else None
+        )
         broadcast_module(learner, self.ranks)
         seed_ranks(config.seed, self.ranks)
         world, meta_batch = self.ranks.world_size, config.train.meta_batch
@@ -150,6 +156,8 @@ class EpisodicSteps:
         self.optimizer.zero_grad(set_to_none=True)
         if stats is not None:
             stats.begin_step()
+        if self.ordered is not None:
+            self.ordered.begin_step()
         # A meta-batch: the mean loss over several episodes, one episode's graph at a time
         # (this rank's share of them under torchrun).
         loss_sum = accuracy_sum = 0.0  # means over the whole meta-batch
@@ -167,13 +175,20 @@ class EpisodicSteps:
             self.scaler.scale(loss / meta_batch).backward()
             if stats is not None:
                 stats.after_episode(position)
-            loss_sum += episode_metrics["loss"] / meta_batch
-            accuracy_sum += episode_metrics["accuracy"] / meta_batch
+            terms = (episode_metrics["loss"] / meta_batch, episode_metrics["accuracy"] / meta_batch)
+            if self.ordered is not None:
+                self.ordered.after_episode(position, terms)
+            loss_sum += terms[0]
+            accuracy_sum += terms[1]
         if self.ranks.active:
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            totals = sum_gradients(params, [loss_sum, accuracy_sum, float(bad is not None)])
-            loss_sum, accuracy_sum, bad_ranks = totals
-            if bad_ranks:
+            if self.ordered is not None:
+                (loss_sum, accuracy_sum), any_bad = self.ordered.end_step(
+                    meta_batch, bad is not None
+                )
+            else:
+                flags = [loss_sum, accuracy_sum, float(bad is not None)]
+                loss_sum, accuracy_sum, any_bad = sum_gradients(self._params(), flags)
+            if any_bad:
                 raise NonFiniteLoss(bad if bad is not None else float("nan"))
             assert stats is not None
             stats.end_step(meta_batch)
@@ -184,6 +199,9 @@ class EpisodicSteps:
         if self.scaler.get_scale() >= scale:  # fp16 skips a step whose gradients overflowed
             self.scheduler.step()
         return metrics | {"lr": self.scheduler.get_last_lr()[0]}
+
+    def _params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _loader(self, first_step: int) -> DataLoader:
         e, t = self.config.episodes, self.config.train
@@ -264,9 +282,7 @@ class _ShardedSteps(Sequence[int]):
     def __len__(self) -> int:
         return self.steps * len(self.positions)
 
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         step, k = divmod(i % len(self), len(self.positions))
