@@ -40,6 +40,7 @@ LEARNERS = {
     "fomaml": ["model.algorithm=fomaml", "model.maml.inner_steps=2"],
     "anil": ["model.algorithm=anil", "model.maml.inner_steps=2"],
     "maml-running-bn": ["model.algorithm=maml", "model.maml.bn=running"],
+    "metasgd": ["model.algorithm=metasgd", "model.maml.inner_steps=2"],
 }
 META_BATCH = 3  # not a multiple of 2: the ranks get 1 and 2 episodes
 
