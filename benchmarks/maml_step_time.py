@@ -13,9 +13,12 @@ the median over rounds), so that a noisy shared machine affects all alike:
 - higher's ``innerloop_ctx(model, opt, copy_initial_weights=False)`` (all parameters adapt);
 - a hand-written autograd MAML on explicit tensors (all parameters adapt).
 
-All use a learned ``n_way`` head so the work is the same. Prints the median and minimum time
-per step and the ratio to metatl's ``adapt="all"``. On a shared machine, ``--threads 1``
-suffers far less from other processes than the default OpenMP threads do.
+All use a learned ``n_way`` head so the work is the same. The side-by-side harness with
+learn2learn, easyfsl, FLOP/s and meta-gradient checks is ``python -m benchmarks``
+(``benchmarks/run.py``); it reuses :func:`hand_forward` and :func:`hand_features` from here.
+Prints the median and minimum time per step and the ratio to metatl's ``adapt="all"``. On a
+shared machine, ``--threads 1`` suffers far less from other processes than the default OpenMP
+threads do.
 """
 
 from __future__ import annotations
@@ -109,13 +112,19 @@ def higher_step(args: argparse.Namespace, episodes: list[Episode]) -> Step:
     return step
 
 
-def hand_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def hand_features(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Conv-4 with batch-statistics BatchNorm on explicit tensors (4 x conv w, b, gamma, beta)."""
     for i in range(4):
         weight, bias, gamma, beta = params[4 * i : 4 * i + 4]
         x = F.conv2d(x, weight, bias, padding=1)
         x = F.batch_norm(x, None, None, gamma, beta, training=True)
         x = F.max_pool2d(F.relu(x), 2)
-    return F.linear(x.flatten(1), params[16], params[17])
+    return x.flatten(1)
+
+
+def hand_forward(params: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """:func:`hand_features`, then the linear head ``params[16]``, ``params[17]``."""
+    return F.linear(hand_features(params, x), params[16], params[17])
 
 
 def hand_written_step(args: argparse.Namespace, episodes: list[Episode]) -> Step:
