@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).parents[1]
 ROW_METHODS = {  # the methods that run without any peer installed
     "maml": {"metatl", "hand-written autograd"},
@@ -73,3 +75,26 @@ def test_quick_harness_table_json_and_gradient_agreement(tmp_path: Path) -> None
 
     settings = {r["setting"] for r in rows if r["row"] == "maml"}
     assert any("2nd" in s for s in settings) and any("1st" in s for s in settings)
+
+
+def test_gpu_estimate_counts_the_protonet_step_flops_by_hand(tmp_path: Path) -> None:
+    """A ProtoNet step's FLOPs on paper: Conv-4 (64 filters) at 28x28x1 runs 2 * 9 * Cin * 64
+    multiply-adds per output pixel, at 28, 14, 7 and 3 pixels a side; the backward costs twice
+    the forward but for the first layer's input gradient, which nothing needs; the query to
+    prototype distances are one matmul, whose backward costs two."""
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "benchmarks/gpu_estimate.py", "--grid", "quick"]
+    command += ["--rows", "protonet", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    first = 2 * 9 * 1 * 64 * 28 * 28
+    forward = first + sum(2 * 9 * 64 * 64 * n * n for n in (14, 7, 3))
+    images = 5 * 1 + 5 * 3  # 5-way 1-shot 3 queries
+    distances = 2 * 15 * 5 * 64  # queries x prototypes x features, one matmul
+    expected = images * (3 * forward - first) + 3 * distances
+    assert row["gflop"] * 1e9 == pytest.approx(expected, rel=1e-12)
+    assert row["ops"] > 20 and row["mbytes"] > 0
+    assert row["bound"] == "launches"  # 1 GFLOP is about a microsecond of an H100
+    assert row["gpu_ms"] == pytest.approx(row["ops"] * 8e-3)  # the default 8 us per op
