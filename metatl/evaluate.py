@@ -377,7 +377,7 @@ def _refuse_architecture_changes(
         for k in ARCHITECTURE_KEYS
         if k in given
         and (k != "model.distance" or algorithm == "protonet")
-        and (not k.startswith("model.maml.") or algorithm in MAML_VARIANTS)
+        and (not k.startswith("model.maml.") or algorithm in (*MAML_VARIANTS, "imaml"))
         and (not k.startswith("model.caml.") or algorithm == "caml")
     ]
     if not keys:

@@ -24,7 +24,7 @@ def _conv4():
 
 def test_every_learner_is_registered_with_its_settings() -> None:
     assert list_learners() == [
-        "anil", "caml", "finetune", "fomaml", "linear", "maml", "metasgd", "protonet"
+        "anil", "caml", "finetune", "fomaml", "imaml", "linear", "maml", "metasgd", "protonet"
     ]  # fmt: skip
     assert isinstance(create_learner("protonet", _conv4()), ProtoNet)
     anil = create_learner("anil", _conv4())

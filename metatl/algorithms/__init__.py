@@ -3,6 +3,7 @@
 from metatl.algorithms.base import Learner
 from metatl.algorithms.caml import CAML, CAMLState
 from metatl.algorithms.finetune import FineTune, FineTuneState
+from metatl.algorithms.imaml import IMAML
 from metatl.algorithms.linear_probe import LinearHead, LinearProbe
 from metatl.algorithms.maml import ANIL, FOMAML, MAML, MAML_VARIANTS, MAMLState, MetaSGD
 from metatl.algorithms.protonet import ProtoNet, PrototypeState
@@ -11,6 +12,7 @@ __all__ = [
     "ANIL",
     "CAML",
     "FOMAML",
+    "IMAML",
     "MAML",
     "MAML_VARIANTS",
     "CAMLState",

@@ -1,8 +1,9 @@
 """The MAML family on ``torch.func``: MAML, first-order MAML, ANIL and Meta-SGD.
 
 One learner, :class:`MAML`, with settings for which parameters adapt, the inner loop's order,
-steps and learning rates, the classifier head and BatchNorm; ``FOMAML``, ``ANIL`` and
-``MetaSGD`` are the same learner with other defaults.
+steps and learning rates, the classifier head, BatchNorm and what the inner loop keeps for the
+backward (``inner_memory``); ``FOMAML``, ``ANIL`` and ``MetaSGD`` are the same learner with
+other defaults.
 
 >>> from metatl.backbones import create_backbone
 >>> learner = MAML(create_backbone("conv4", hidden=8), adapt="top:1", inner_steps=1)
@@ -12,6 +13,7 @@ steps and learning rates, the classifier head and BatchNorm; ``FOMAML``, ``ANIL`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,14 +22,27 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from episodes import Episode
+from metatl.algorithms._recompute import RecomputedStep
 from metatl.algorithms._stages import Stage, Tail, identity, make_stage, run_stage, split_backbone
 from metatl.algorithms.base import Learner
 from metatl.backbones import Backbone
 
-__all__ = ["ANIL", "FOMAML", "MAML", "MAML_VARIANTS", "MAMLState", "MetaSGD", "parse_adapt"]
+__all__ = [
+    "ANIL",
+    "FOMAML",
+    "INNER_MEMORY",
+    "MAML",
+    "MAML_VARIANTS",
+    "MAMLState",
+    "MetaSGD",
+    "parse_adapt",
+]
 
 HeadInit = Literal["zero", "learned"]
 BatchNormPolicy = Literal["transductive", "running"]
+InnerMemory = Literal["store", "checkpoint"]
+INNER_MEMORY: tuple[str, ...] = ("store", "checkpoint")
+"""The values of ``MAML(inner_memory=...)`` (``model.maml.inner_memory``)."""
 
 _HEAD = ("head.weight", "head.bias")
 
@@ -120,6 +135,15 @@ class MAML(Learner[MAMLState]):
     (Peers differ: learn2learn's ``clone`` shares the buffers, so its inner loops update the
     meta-model's statistics; higher's patched module updates clones of them, then drops them.)
 
+    **Memory** (``inner_memory``): ``"store"`` keeps every inner step's graph (its support
+    activations and, second order, the graph of its gradient) until the backward, so memory
+    grows linearly with ``inner_steps``. ``"checkpoint"`` keeps only each step's input weights
+    and recomputes the step's graph in the backward, one step at a time: the same
+    meta-gradient to round-off, memory flat in the number of steps, for about one more
+    support forward and backward per step. The recomputation replays the RNG state (dropout)
+    and autocast state of the forward and updates no BatchNorm statistics (the forward did).
+    Only second-order training uses it: first order and evaluation keep no per-step graph.
+
     **Evaluation**: ``adapt`` enables autograd itself, so it works under ``torch.no_grad``. In
     eval mode, or with autograd disabled by the caller, it builds no graph to the
     meta-parameters: the trunk runs without autograd and every inner step starts from detached
@@ -140,6 +164,7 @@ class MAML(Learner[MAMLState]):
         cache_frozen_trunk: Run the trunk once per episode (as above). ``False`` runs the
             whole backbone in every inner step with the trunk simply not adapting: the same
             numbers, slower; for checks and benchmarks.
+        inner_memory: ``"store"`` or ``"checkpoint"`` (see **Memory**).
     """
 
     needs_grad_to_adapt = True
@@ -157,8 +182,11 @@ class MAML(Learner[MAMLState]):
         bn: BatchNormPolicy = "transductive",
         meta_sgd: bool = False,
         cache_frozen_trunk: bool = True,
+        inner_memory: InnerMemory = "store",
     ) -> None:
         super().__init__(backbone)
+        if inner_memory not in INNER_MEMORY:
+            raise ValueError(f"inner_memory must be 'store' or 'checkpoint', got {inner_memory!r}")
         if head not in ("zero", "learned"):
             raise ValueError(f"head must be 'zero' or 'learned', got {head!r}")
         if bn not in ("transductive", "running"):
@@ -177,6 +205,7 @@ class MAML(Learner[MAMLState]):
         self.head_init = head
         self.bn = bn
         self.meta_sgd = meta_sgd
+        self.inner_memory = inner_memory
         self.head = nn.Linear(backbone.out_dim, n_way) if head == "learned" else None
         self._plan = self._make_plan(parse_adapt(adapt, len(backbone.blocks)), cache_frozen_trunk)
         self.inner_lrs = nn.ParameterDict(self._initial_lrs()) if meta_sgd else None
@@ -240,23 +269,97 @@ class MAML(Learner[MAMLState]):
                 h = self._run(self._plan.trunk, support_x, {}, stats)
             weights, lrs = self._initial_weights(n_way, support_x, meta_graph)
             create_graph = meta_graph and not self.first_order
+            recompute = create_graph and self.inner_memory == "checkpoint"
             for _ in range(steps):
-                loss = F.cross_entropy(self._top_logits(h, weights, stats), support_y)
-                grads = torch.autograd.grad(
-                    loss,
-                    list(weights.values()),
-                    create_graph=create_graph,
-                    allow_unused=True,
-                    materialize_grads=True,
-                )
-                weights = {
-                    n: w - lrs[n] * g for (n, w), g in zip(weights.items(), grads, strict=True)
-                }
+                if recompute:
+                    weights = self._recomputed_step(h, support_y, weights, lrs, stats)
+                    continue
+                weights = self._sgd_step(h, support_y, weights, lrs, stats, create_graph)
                 if not meta_graph:
                     weights = {n: w.detach().requires_grad_() for n, w in weights.items()}
         if not meta_graph:
             weights = {n: w.detach() for n, w in weights.items()}
         return MAMLState(weights, stats or {})
+
+    def _sgd_step(
+        self,
+        h: torch.Tensor,
+        support_y: torch.Tensor,
+        weights: dict[str, torch.Tensor],
+        lrs: dict[str, Any],
+        stats: dict[str, torch.Tensor] | None,
+        create_graph: bool,
+        fixed: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One inner SGD step on the support cross-entropy.
+
+        Args:
+            h: ``[n_support, ...]`` the trunk's output (the input images without a trunk).
+            support_y: int64 ``[n_support]``.
+            weights: Name -> adapted tensor before the step.
+            lrs: Name -> inner learning rate (float or a tensor shaped like the weight).
+            stats: The task's running statistics (updated in place in training mode) or None.
+            create_graph: Keep the graph of the gradient (second order).
+            fixed: Name -> tensor used for top-stage parameters that do not adapt (default: the
+                module's own).
+
+        Returns:
+            Name -> weight after the step.
+        """
+        logits = self._top_logits(h, {**(fixed or {}), **weights}, stats)
+        grads = torch.autograd.grad(
+            F.cross_entropy(logits, support_y),
+            list(weights.values()),
+            create_graph=create_graph,
+            allow_unused=True,
+            materialize_grads=True,
+        )
+        return {n: w - lrs[n] * g for (n, w), g in zip(weights.items(), grads, strict=True)}
+
+    def _recomputed_step(
+        self,
+        h: torch.Tensor,
+        support_y: torch.Tensor,
+        weights: dict[str, torch.Tensor],
+        lrs: dict[str, Any],
+        stats: dict[str, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`_sgd_step` (second order) that keeps only its inputs for the backward.
+
+        Every tensor the step reads and that may need a gradient is an explicit input of the
+        ``RecomputedStep`` node: the weights, Meta-SGD's rates, ``h`` (the trunk's output, on
+        the outer graph) and the top stages' meta-parameters that do not adapt.
+        """
+        names = list(weights)
+        lr_names = [n for n in names if isinstance(lrs[n], torch.Tensor)]
+        params = dict(self.named_parameters())
+        fixed = [
+            s.full(p)
+            for s in self._plan.top
+            for p in s.params
+            if s.full(p) not in weights and params[s.full(p)].requires_grad
+        ]
+        k, m = len(names), len(lr_names)
+
+        def run(
+            flat: Sequence[torch.Tensor],
+            create_graph: bool,
+            step_stats: dict[str, torch.Tensor] | None,
+        ) -> tuple[torch.Tensor, ...]:
+            step_lrs = lrs | dict(zip(lr_names, flat[k : k + m], strict=True))
+            new = self._sgd_step(
+                flat[k + m],
+                support_y,
+                dict(zip(names, flat[:k], strict=True)),
+                step_lrs,
+                step_stats,
+                create_graph,
+                dict(zip(fixed, flat[k + m + 1 :], strict=True)),
+            )
+            return tuple(new.values())
+
+        inputs = (*weights.values(), *(lrs[n] for n in lr_names), h, *(params[n] for n in fixed))
+        return dict(zip(names, RecomputedStep.apply(run, k, stats, *inputs), strict=True))
 
     def predict(self, query_x: torch.Tensor, state: MAMLState) -> torch.Tensor:
         """``[n_query, C, H, W]`` queries -> ``[n_query, n_way]`` logits under ``state``."""
@@ -334,7 +437,7 @@ class MAML(Learner[MAMLState]):
             f"adapt={self.adapt_scope!r}, inner_steps={self.inner_steps}, "
             f"test_inner_steps={self.test_inner_steps}, inner_lr={self.inner_lr}, "
             f"first_order={self.first_order}, head={self.head_init!r}, bn={self.bn!r}, "
-            f"meta_sgd={self.meta_sgd}"
+            f"meta_sgd={self.meta_sgd}, inner_memory={self.inner_memory!r}"
         )
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from metatl.algorithms.base import Learner
 from metatl.algorithms.caml import CAML
 from metatl.algorithms.finetune import FineTune
+from metatl.algorithms.imaml import IMAML
 from metatl.algorithms.linear_probe import LinearProbe
 from metatl.algorithms.maml import MAML, MAML_VARIANTS
 from metatl.algorithms.protonet import ProtoNet
@@ -127,6 +128,26 @@ def _maml_variant(name: str) -> LearnerBuilder:
 
 for _variant in MAML_VARIANTS:
     register_learner(_variant)(_maml_variant(_variant))
+
+
+@register_learner("imaml")
+def _imaml(backbone: Backbone, config: RunConfig, n_way: int | None) -> Learner:
+    """imaml: the inner-loop settings of model.maml (an error for first_order or meta_sgd),
+    the implicit gradient's of model.imaml; model.maml.inner_memory plays no part."""
+    maml = config.model.maml
+    return IMAML(
+        backbone,
+        n_way=n_way if maml.head == "learned" else None,
+        inner_steps=maml.inner_steps,
+        test_inner_steps=maml.test_inner_steps,
+        inner_lr=maml.inner_lr,
+        adapt=maml.adapt,
+        head=maml.head,  # type: ignore[arg-type]
+        bn=maml.bn,  # type: ignore[arg-type]
+        first_order=maml.first_order,
+        meta_sgd=maml.meta_sgd,
+        **dataclasses.asdict(config.model.imaml),
+    )
 
 
 @register_learner("caml")

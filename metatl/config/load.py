@@ -39,6 +39,7 @@ __all__ = [
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.maml.head": ("zero", "learned"),
     "model.maml.bn": ("transductive", "running"),
+    "model.maml.inner_memory": ("store", "checkpoint"),
     "linear_probe.normalize": ("none", "l2", "center", "center_l2"),
     "finetune.normalize": ("none", "l2", "center", "center_l2"),
     "finetune.batch_norm": ("frozen", "adapt"),
@@ -255,10 +256,26 @@ def _check_learner(config: RunConfig) -> None:
     ways = (config.episodes.way, config.train.val_way, config.test.way)
     if algorithm == "caml":
         _check_caml(config, ways)
+    if algorithm == "imaml":
+        _check_imaml(config)
     if algorithm != "protonet" and maml.head == "learned" and len(set(ways)) > 1:
         raise ConfigError(
             "model.maml.head=learned fixes the way: episodes.way, train.val_way and test.way "
             f"must be equal, got {ways[0]}, {ways[1]}, {ways[2]} (or use model.maml.head=zero)"
+        )
+
+
+def _check_imaml(config: RunConfig) -> None:
+    maml, lam = config.model.maml, config.model.imaml.lam
+    if maml.first_order or maml.meta_sgd:
+        raise ConfigError(
+            "model.algorithm=imaml takes its meta-gradient from the implicit function, whatever "
+            "the inner optimiser: model.maml.first_order and model.maml.meta_sgd must be false"
+        )
+    if not maml.inner_lr * lam < 2:
+        raise ConfigError(
+            f"model.maml.inner_lr * model.imaml.lam = {maml.inner_lr} * {lam} >= 2: the "
+            "proximal term alone makes the inner loop diverge; lower one of them"
         )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "DataConfig",
     "EpisodesConfig",
     "FineTuneConfig",
+    "IMAMLConfig",
     "LayersConfig",
     "LinearProbeConfig",
     "MAMLConfig",
@@ -88,6 +89,25 @@ class MAMLConfig:
     head: str = "zero"  # zero (fresh per episode, any way) | learned (fixes the way)
     bn: str = "transductive"  # transductive | running
     meta_sgd: bool = False
+    # What the second-order inner loop keeps for the backward: store (every step's graph:
+    # memory grows with inner_steps) | checkpoint (each step recomputed in the backward: the
+    # same meta-gradient, memory flat in inner_steps, about one more support forward and
+    # backward per step). iMAML keeps no inner graph and ignores it.
+    inner_memory: str = "store"
+
+
+@dataclass(frozen=True)
+class IMAMLConfig:
+    """``model.algorithm=imaml``: implicit MAML; its inner loop takes ``model.maml``'s steps,
+    rate, adapt, head and bn (not first_order, meta_sgd or inner_memory)."""
+
+    # The proximal strength lambda of the inner objective (model.maml.inner_lr * lam < 2).
+    lam: float = field(default=2.0, metadata=positive(DECAY))
+    # Conjugate-gradient iterations (Hessian-vector products) per episode.
+    cg_steps: int = field(default=5, metadata=between(1, ITERS))
+    # Added to the diagonal of the implicit system: 0 is the exact system; more steadies CG
+    # where the support loss has negative curvature, and biases the gradient.
+    cg_damping: float = field(default=0.0, metadata=between(0, DECAY))
 
 
 @dataclass(frozen=True)
@@ -119,6 +139,7 @@ class ModelConfig:
     distance: str = "sqeuclidean"
     cosine_scale: float = field(default=10.0, metadata=positive(10_000.0))
     maml: MAMLConfig = field(default_factory=MAMLConfig)
+    imaml: IMAMLConfig = field(default_factory=IMAMLConfig)
     caml: CAMLConfig = field(default_factory=CAMLConfig)
 
 
