@@ -5,10 +5,11 @@
     python benchmarks/precision_step_time.py --backbone resnet12 --size 84 --channels 3
     python benchmarks/precision_step_time.py --algorithm protonet caml maml --precisions bf16 \
         --set model.caml.freeze_backbone=true                    # learners side by side
+    python benchmarks/precision_step_time.py --precisions fp32 --formats channels_last contiguous
 
 One step is what ``metatl.training.meta_train`` does: the learner's loss on an episode under
 ``autocast(device, precision)``, backward through the loss scaler, an Adam step. Each round
-times every (learner, precision) once, in a shuffled order, and the ratio to the first is
+times every (learner, precision, memory format) once, in a shuffled order, and the ratio to the first is
 taken within the round (then the median over rounds), so a noisy shared machine affects all
 alike. Every learner starts from the same backbone weights and sees the same episode.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import random
 import statistics
 import time
@@ -27,6 +29,8 @@ from episodes import Episode
 from metatl.config import load_config
 from metatl.training.builders import build_learner
 from metatl.training.device import autocast, grad_scaler, resolve_device
+
+FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def main() -> None:
@@ -39,6 +43,13 @@ def main() -> None:
     parser.add_argument("--shot", type=int, default=5)
     parser.add_argument("--query", type=int, default=5)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=["channels_last"],
+        choices=["channels_last", "contiguous"],
+        help="memory formats of the weights and images (metatl.train uses channels_last)",
+    )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -72,23 +83,32 @@ def main() -> None:
             ],
         )
         torch.manual_seed(0)
-        base = build_learner(config, args.channels, args.size, n_way=args.way)
-        base = base.to(device, memory_format=torch.channels_last)
-        for precision in args.precisions:
-            learner = copy.deepcopy(base)
+        base = build_learner(config, args.channels, args.size, n_way=args.way).to(device)
+        for precision, memory_format in itertools.product(args.precisions, args.formats):
+            learner = copy.deepcopy(base).to(memory_format=FORMATS[memory_format])
+            images = episode.map_images(
+                lambda x, f=memory_format: x.contiguous(memory_format=FORMATS[f])
+            )
             optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
             scaler = grad_scaler(device, precision)
 
-            def step(learner=learner, optimizer=optimizer, scaler=scaler, precision=precision):
+            def step(
+                learner=learner,
+                optimizer=optimizer,
+                scaler=scaler,
+                precision=precision,
+                images=images,
+            ):
                 learner.train()
                 optimizer.zero_grad(set_to_none=True)
                 with autocast(device, precision):
-                    loss, _ = learner.loss(episode)
+                    loss, _ = learner.loss(images)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
 
-            runners[f"{algorithm} {precision}"] = step
+            suffix = f" {memory_format}" if len(args.formats) > 1 else ""
+            runners[f"{algorithm} {precision}{suffix}"] = step
 
     for run in runners.values():  # warm-up: oneDNN picks and caches its kernels
         for _ in range(3):
