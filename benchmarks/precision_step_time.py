@@ -9,9 +9,9 @@
 
 One step is what ``metatl.training.meta_train`` does: the learner's loss on an episode under
 ``autocast(device, precision)``, backward through the loss scaler, an Adam step. Each round
-times every (learner, precision, memory format) once, in a shuffled order, and the ratio to the first is
-taken within the round (then the median over rounds), so a noisy shared machine affects all
-alike. Every learner starts from the same backbone weights and sees the same episode.
+times every (learner, precision, memory format) once, in a shuffled order, and the ratio to
+the first is taken within the round (then the median over rounds), so a noisy shared machine
+affects all alike. Every learner starts from the same backbone weights and sees the same episode.
 """
 
 from __future__ import annotations
