@@ -48,8 +48,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 
+from benchmarks import measure
 from episodes import Episode
 from metatl.algorithms import IMAML, MAML, Learner
 from metatl.backbones import create_backbone
@@ -84,18 +88,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def make_episodes(args: argparse.Namespace) -> list[Episode]:
-    gen = torch.Generator().manual_seed(0)
-    shape = (1, args.size, args.size)
-    return [
-        Episode(
-            torch.randn(args.way * args.shot, *shape, generator=gen),
-            torch.arange(args.way).repeat_interleave(args.shot),
-            torch.randn(args.way * args.query, *shape, generator=gen),
-            torch.arange(args.way).repeat_interleave(args.query),
-            torch.arange(args.way),
-        ).to(args.device)
-        for _ in range(args.meta_batch)
-    ]
+    """The meta-batch of random 1-channel episodes (:func:`measure.random_episodes`, seed 0)."""
+    return measure.random_episodes(
+        args.way,
+        args.shot,
+        args.query,
+        channels=1,
+        size=args.size,
+        count=args.meta_batch,
+        device=args.device,
+    )
 
 
 def make_learner(args: argparse.Namespace, method: str, steps: int) -> Learner:

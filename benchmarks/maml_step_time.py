@@ -26,31 +26,34 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from benchmarks import measure
 from episodes import Episode
 from metatl.algorithms.maml import MAML
 from metatl.backbones import Backbone, create_backbone
 
 
 def random_episodes(args: argparse.Namespace) -> list[Episode]:
-    gen = torch.Generator().manual_seed(0)
-    shape = (args.channels, args.size, args.size)
-    return [
-        Episode(
-            torch.randn(args.way * args.shot, *shape, generator=gen),
-            torch.arange(args.way).repeat_interleave(args.shot),
-            torch.randn(args.way * args.query, *shape, generator=gen),
-            torch.arange(args.way).repeat_interleave(args.query),
-            torch.arange(args.way),
-        )
-        for _ in range(args.meta_batch)
-    ]
+    """The meta-batch of random CPU episodes (:func:`measure.random_episodes`, seed 0)."""
+    return measure.random_episodes(
+        args.way,
+        args.shot,
+        args.query,
+        channels=args.channels,
+        size=args.size,
+        count=args.meta_batch,
+    )
 
 
 Step = Callable[[], None]

@@ -13,6 +13,9 @@
   what grows with the meta-batch and the inner steps. It leaves out transient buffers,
   gradients, optimizer state and the inputs, and counts a parameter once if the graph saves it.
 - **GEMM peak**: the best of a few large square matmuls at the precision (:func:`gemm_peak`).
+
+The inputs, :func:`random_episodes`, are shared with the scripts that time one kind of step
+(``maml_step_time.py``, ``maml_memory.py``, ``precision_step_time.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from episodes import Episode
+
 __all__ = [
     "Probe",
     "RoundTimes",
@@ -36,6 +41,7 @@ __all__ = [
     "max_relative_difference",
     "precision_context",
     "probe",
+    "random_episodes",
     "synchronize",
 ]
 
@@ -45,6 +51,50 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def random_episodes(
+    way: int,
+    shot: int,
+    query: int,
+    *,
+    channels: int = 1,
+    size: int = 28,
+    count: int = 1,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+) -> list[Episode]:
+    """``count`` episodes of standard-normal images, drawn on the CPU from one generator seeded
+    with ``seed`` (episode 0's support, its queries, episode 1's support, ...), then moved to
+    ``device``: the same numbers on every device.
+
+    Args:
+        way: Classes per episode.
+        shot: Support images per class.
+        query: Query images per class.
+        channels: Image channels.
+        size: Image height and width.
+        count: Episodes.
+        device: Where the episodes' tensors go.
+        seed: The generator's seed.
+
+    Returns:
+        ``count`` episodes: ``support_x`` float32 ``[way * shot, channels, size, size]`` and
+        ``support_y`` int64 ``[way * shot]`` grouped by class (``0, 0, ..., 1, 1, ...``), the
+        same for ``query_x`` and ``query_y`` with ``query``, and ``classes`` ``arange(way)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shape = (channels, size, size)
+    return [
+        Episode(
+            torch.randn(way * shot, *shape, generator=gen),
+            torch.arange(way).repeat_interleave(shot),
+            torch.randn(way * query, *shape, generator=gen),
+            torch.arange(way).repeat_interleave(query),
+            torch.arange(way),
+        ).to(device)
+        for _ in range(count)
+    ]
 
 
 def precision_context(device: torch.device, precision: str):

@@ -21,11 +21,16 @@ import copy
 import itertools
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from episodes import Episode
+from benchmarks import measure
 from metatl.config import load_config
 from metatl.training.builders import build_learner
 from metatl.training.device import autocast, grad_scaler, resolve_device
@@ -59,15 +64,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    gen = torch.Generator().manual_seed(0)
-    shape = (args.channels, args.size, args.size)
-    episode = Episode(
-        torch.randn(args.way * args.shot, *shape, generator=gen),
-        torch.arange(args.way).repeat_interleave(args.shot),
-        torch.randn(args.way * args.query, *shape, generator=gen),
-        torch.arange(args.way).repeat_interleave(args.query),
-        torch.arange(args.way),
-    ).to(device)
+    (episode,) = measure.random_episodes(
+        args.way, args.shot, args.query, channels=args.channels, size=args.size, device=device
+    )
 
     runners = {}
     for algorithm in args.algorithm:

@@ -127,18 +127,16 @@ def grid(name: str, rows: list[str]) -> list[Setting]:
 
 
 def random_episodes(s: Setting, device: torch.device) -> list[Episode]:
-    gen = torch.Generator().manual_seed(0)
-    shape = (s.channels, s.size, s.size)
-    return [
-        Episode(
-            torch.randn(s.way * s.shot, *shape, generator=gen),
-            torch.arange(s.way).repeat_interleave(s.shot),
-            torch.randn(s.way * s.query, *shape, generator=gen),
-            torch.arange(s.way).repeat_interleave(s.query),
-            torch.arange(s.way),
-        ).to(device)
-        for _ in range(s.meta_batch)
-    ]
+    """The setting's meta-batch of random episodes (:func:`measure.random_episodes`, seed 0)."""
+    return measure.random_episodes(
+        s.way,
+        s.shot,
+        s.query,
+        channels=s.channels,
+        size=s.size,
+        count=s.meta_batch,
+        device=device,
+    )
 
 
 def build(s: Setting, peers: dict, device: torch.device, sampling_data) -> list[Method]:

@@ -385,8 +385,9 @@ class EpisodeOrderedGradients:
         grads = torch.zeros(rows, width, dtype=dtype, device=device)
         # A row's extras: the episode's position (-1: padding), this rank's non-finite flag,
         # then the parameters' has-a-gradient flags and the episode's numbers.
-        extras = torch.full((rows, 2 + len(self.parameters) + self.numbers), -1.0)
-        extras = extras.double()
+        extras = torch.full(
+            (rows, 2 + len(self.parameters) + self.numbers), -1.0, dtype=torch.float64
+        )
         extras[:, 1] = float(bad)
         for row, (position, flat, numbers) in enumerate(self._rows):
             grads[row] = flat.to(device)
