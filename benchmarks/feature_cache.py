@@ -49,6 +49,9 @@ class Setting:
     per_class: int
     episodes: int
 
+    def label(self) -> str:
+        return f"{self.backbone} {self.size}x{self.size}"
+
 
 def build_backbone(name: str, size: int) -> tuple[Backbone, str]:
     """The backbone in eval mode and a word on its weights."""
@@ -90,13 +93,23 @@ def timed_evaluate(learners, data, episodes, transform, device, cached) -> tuple
     return time.perf_counter() - start, {n: r.accuracies for n, r in results.items()}
 
 
-def run_setting(setting: Setting, repeats: int, extrapolate: int, device: torch.device) -> None:
+def run_setting(setting: Setting, repeats: int, extrapolate: int, device: torch.device) -> dict:
+    """Time ``evaluate`` with and without the cache in ``repeats`` shuffled rounds.
+
+    Returns:
+        ``label``, ``weights``, ``images``, per-path ``seconds`` (one per round), the
+        within-round ``ratios`` (uncached / cached) and, if ``extrapolate`` exceeds the
+        setting's episodes, ``extrapolated`` (measured cached and scaled uncached seconds).
+
+    Raises:
+        AssertionError: If the two paths' per-episode accuracies differ in any round.
+    """
     backbone, weights = build_backbone(setting.backbone, setting.size)
     backbone = backbone.to(device)
     data = synthetic_rgb(setting)
     learners = {"protonet": ProtoNet(backbone), "linear": LinearProbe(backbone)}
     transform = ImageTransform(backbone.input_spec)
-    times: dict[bool, list[float]] = {True: [], False: []}
+    times: dict[str, list[float]] = {"cached": [], "uncached": []}
     ratios = []
     rng = random.Random(0)
     for _ in range(repeats):
@@ -107,36 +120,55 @@ def run_setting(setting: Setting, repeats: int, extrapolate: int, device: torch.
             this_round[cached] = timed_evaluate(
                 learners, data, setting.episodes, transform, device, cached
             )
-            times[cached].append(this_round[cached][0])
+            times["cached" if cached else "uncached"].append(this_round[cached][0])
         if this_round[True][1] != this_round[False][1]:
             raise AssertionError("cached and uncached accuracies differ")
         ratios.append(this_round[False][0] / this_round[True][0])
-    print(
-        f"\n### {setting.backbone} {setting.size}x{setting.size}, {weights}; "
-        f"{len(data)} images ({setting.classes} classes), {setting.episodes} episodes "
-        f"{SPEC.n_way}-way {SPEC.n_shot}-shot {SPEC.n_query}-query, {repeats} rounds\n"
-    )
-    print_table(times, ratios, setting.episodes)
+    result = {
+        "label": setting.label(),
+        "weights": weights,
+        "images": len(data),
+        "episodes": setting.episodes,
+        "seconds": times,
+        "ratios": ratios,
+    }
     if extrapolate > setting.episodes:
         seconds, _ = timed_evaluate(learners, data, extrapolate, transform, device, cached=True)
-        uncached = statistics.median(times[False]) / setting.episodes * extrapolate
-        print(
-            f"{extrapolate} episodes: feature cache {seconds:.1f} s measured; uncached "
-            f"~{uncached:.0f} s extrapolated (~{uncached / seconds:.0f}x)"
-        )
+        uncached = statistics.median(times["uncached"]) / setting.episodes * extrapolate
+        result["extrapolated"] = {
+            "episodes": extrapolate,
+            "cached_s": seconds,
+            "uncached_s": uncached,
+        }
+    return result
 
 
-def print_table(times: dict[bool, list[float]], ratios: list[float], episodes: int) -> None:
-    print("| path | median s | min s | s/episode | speed-up (median of per-round ratios) |")
-    print("| --- | --- | --- | --- | --- |")
-    for cached, label in ((False, "uncached"), (True, "feature cache")):
-        median = statistics.median(times[cached])
-        speedup = f"{statistics.median(ratios):.1f}x" if cached else "1"
-        print(
-            f"| {label} | {median:.1f} | {min(times[cached]):.1f} "
-            f"| {median / episodes:.3f} | {speedup} |"
+def report(result: dict, repeats: int) -> str:
+    """The Markdown section of one setting."""
+    lines = [
+        f"\n### {result['label']}, {result['weights']}; {result['images']} images, "
+        f"{result['episodes']} episodes {SPEC.n_way}-way {SPEC.n_shot}-shot "
+        f"{SPEC.n_query}-query, {repeats} rounds\n",
+        "| path | median s | min s | s/episode | speed-up (median of per-round ratios) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for path in ("uncached", "cached"):
+        seconds = result["seconds"][path]
+        median = statistics.median(seconds)
+        speedup = f"{statistics.median(result['ratios']):.1f}x" if path == "cached" else "1"
+        label = "feature cache" if path == "cached" else path
+        lines.append(
+            f"| {label} | {median:.1f} | {min(seconds):.1f} "
+            f"| {median / result['episodes']:.3f} | {speedup} |"
         )
-    print("\naccuracies identical in every round: yes")
+    lines.append("\naccuracies identical in every round: yes")
+    if extra := result.get("extrapolated"):
+        lines.append(
+            f"{extra['episodes']} episodes: feature cache {extra['cached_s']:.1f} s measured; "
+            f"uncached ~{extra['uncached_s']:.0f} s extrapolated "
+            f"(~{extra['uncached_s'] / extra['cached_s']:.0f}x)"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -161,7 +193,11 @@ def main() -> None:
     }
     print(f"evaluate(protonet + linear), {device}, {torch.get_num_threads()} threads")
     for name in args.settings:
-        run_setting(settings[name], args.repeats, args.extrapolate, device)
+        print(
+            report(
+                run_setting(settings[name], args.repeats, args.extrapolate, device), args.repeats
+            )
+        )
 
 
 if __name__ == "__main__":

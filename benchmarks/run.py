@@ -3,14 +3,20 @@
     bash benchmarks/install_peers.sh        # once: learn2learn, higher, easyfsl -> .peers/meta
     python -m benchmarks                    # the default grid (prints its estimated time first)
     python -m benchmarks --rows maml --grid full --repeats 5 --out results.json
+    python -m benchmarks --rows time_to_accuracy   # row 6 alone: two MAML trainings, an hour
     python benchmarks/run.py --quick        # tiny grid, 2 rounds (the test's mode)
 
 Rows: (1) MAML meta-step, Conv-4 with BatchNorm, 5-way, 15 queries,
 metatl vs learn2learn vs higher vs hand-written autograd; (2) ANIL / ``top:N`` (frozen trunk
 run once) vs learn2learn's ANIL recipe and vs full MAML; (3) ProtoNet step vs easyfsl and a
 minimal hand-written one; (4) episode sampling from the in-memory cache vs learn2learn's
-TaskDataset over the same images; (7) achieved GFLOP/s of each step against this device's
-GEMM peak at the precision used, measured in the same run.
+TaskDataset over the same images; (5) 600-episode evaluation (ProtoNet + linear probe) on a
+frozen Conv-4 at 84x84 and an ImageNet MobileNetV2 at 224x224, with and without the shared
+feature cache (``feature_cache.py``); (6) the MAML preset trained by metatl and by learn2learn
+on the glyph benchmark, side by side: step time, minutes to 90% validation accuracy, test
+accuracy paired on the same episodes (``time_to_accuracy.py``; not in the default rows: it
+takes an hour); (7) achieved GFLOP/s of each step against this device's GEMM peak at the
+precision used, measured in the same run.
 
 Every method of a setting starts from the same weights and sees the same episodes. Before any
 timing, one instrumented step per method (no optimizer step) gives the meta-gradient (max
@@ -51,12 +57,16 @@ from benchmarks.methods import (
 )
 from episodes import Episode
 
-ROWS = ("maml", "anil", "protonet", "sampling")
+STEP_ROWS = ("maml", "anil", "protonet", "sampling")
+ROWS = (*STEP_ROWS, "feature_cache", "time_to_accuracy")
+DEFAULT_ROWS = ROWS[:-1]  # time_to_accuracy trains two MAMLs: an hour on 2 cores
 PEERS_OF = {
     "maml": ("learn2learn", "higher"),
     "anil": ("learn2learn",),
     "protonet": ("easyfsl",),
     "sampling": ("learn2learn",),
+    "feature_cache": (),
+    "time_to_accuracy": ("learn2learn",),
 }
 SAMPLING_PER_STEP = 200
 
@@ -122,7 +132,7 @@ def grid(name: str, rows: list[str]) -> list[Setting]:
         sampling = [Setting("sampling", shot=k, meta_batch=1) for k in (1, 5)]
     by_row = {"maml": maml, "anil": anil, "protonet": protonet, "sampling": sampling}
     for row in rows:
-        out += by_row[row]
+        out += by_row.get(row, [])
     return out
 
 
@@ -221,6 +231,75 @@ def summarise(s: Setting, probed: dict, times: measure.RoundTimes, peak: float) 
     return rows
 
 
+def feature_cache_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
+    """Row 5: ``evaluate`` (ProtoNet + linear probe, 5-way 1-shot) on a frozen backbone with
+    and without the shared feature cache, in interleaved rounds (``feature_cache.py``)."""
+    from benchmarks import feature_cache
+
+    settings = (
+        [feature_cache.Setting("conv4", 28, 6, 16, 4)]
+        if args.quick
+        else [
+            feature_cache.Setting("conv4", 84, 20, 30, 30),
+            feature_cache.Setting("mobilenet_v2", 224, 10, 20, 5),
+        ]
+    )
+    rows = []
+    for setting in settings:
+        print(f"[time] feature_cache {setting.label()}", file=sys.stderr, flush=True)
+        result = feature_cache.run_setting(setting, args.repeats, 0 if args.quick else 600, device)
+        label = f"{result['label']} {result['weights']}, 5w1s15q, protonet + linear"
+        for path, method in (("cached", "metatl"), ("uncached", "metatl, uncached")):
+            seconds = [1e3 * t / result["episodes"] for t in result["seconds"][path]]
+            ratio = measure.median(result["ratios"]) if path == "uncached" else 1.0
+            row = {
+                "row": "feature_cache",
+                "setting": label,
+                "config": {"episodes": result["episodes"], "images": result["images"]},
+                "method": method,
+                "median_ms": measure.median(seconds),
+                "min_ms": min(seconds),
+                "ratio_to_metatl": ratio,
+                "times_ms": seconds,
+                "unit": "ms per episode",
+                "note": "accuracies identical",
+            }
+            if extra := result.get("extrapolated"):
+                key = f"{path}_s"
+                row[f"seconds_for_{extra['episodes']}_episodes"] = extra[key]
+                kind = "measured" if path == "cached" else "extrapolated"
+                row["note"] += f"; {extra['episodes']} episodes {extra[key]:.0f} s {kind}"
+            rows.append(row)
+    return rows
+
+
+def time_to_accuracy_rows(args: argparse.Namespace, peers: dict) -> tuple[list[dict], str]:
+    """Row 6: the MAML preset trained by metatl and by learn2learn, side by side
+    (``time_to_accuracy.py``); the rows and their own table."""
+    from benchmarks import time_to_accuracy
+
+    argv = ["--out", str(args.work_dir / "time_to_accuracy"), "--data", str(args.data_root)]
+    argv += ["--libraries", "metatl", *(["learn2learn"] if "learn2learn" in peers else [])]
+    summary = time_to_accuracy.run(time_to_accuracy.parse_args(argv + ["--quick"] * args.quick))
+    if summary is None:
+        raise SystemExit("the time_to_accuracy row failed (its output above says why)")
+    reference = next(r["median_step_ms"] for r in summary["rows"] if r["library"] == "metatl")
+    rows = [
+        {
+            "row": "time_to_accuracy",
+            "setting": f"MAML preset 28x28x1 5w1s15q mb4, {r['steps']} steps",
+            "method": r["library"],
+            "median_ms": r["median_step_ms"],
+            "ratio_to_metatl": r["median_step_ms"] / reference,
+            "unit": "ms per step",
+            "note": "concurrent 1-thread processes; ratio of medians",
+            **{k: v for k, v in r.items() if k != "library"},
+        }
+        for r in summary["rows"]
+    ]
+    return rows, time_to_accuracy.markdown(summary["rows"])
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         "| row | setting | method | median ms | ratio to metatl | peak MiB | GFLOP/s "
@@ -273,7 +352,13 @@ def machine(device: torch.device, peaks: dict[str, float]) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=ROWS,
+        default=list(DEFAULT_ROWS),
+        help="default: all but time_to_accuracy",
+    )
     parser.add_argument("--grid", choices=("default", "full"), default="default")
     parser.add_argument("--quick", action="store_true", help="tiny grid, 2 rounds (tests)")
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5)")
@@ -292,6 +377,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="images for the sampling row (random ones if not built)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path("runs/benchmarks"),
+        help="where time_to_accuracy keeps its runs (metatl's best.pt for metatl.evaluate)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 2 if args.quick else 5
@@ -309,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     settings = grid("quick" if args.quick else args.grid, args.rows)
     settings = [s for s in settings if all(m in s.label() for m in args.match)]
-    if not settings:
+    whole_rows = [r for r in args.rows if r not in STEP_ROWS]  # --match does not filter them
+    if not settings and not whole_rows:
         print(f"no setting of the grid matches {args.match}", file=sys.stderr)
         return 2
     wanted = sorted({p for r in args.rows for p in PEERS_OF[r]})
@@ -348,6 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[time {i}/{len(settings)}] {s.row} {s.label()}", file=sys.stderr, flush=True)
         methods = build(s, peers, device, sampling_data)
         results += summarise(s, info, time_setting(s, methods, args, device), peaks[args.precision])
+    if "feature_cache" in args.rows:
+        results += feature_cache_rows(args, device)
+    accuracy_table = ""
+    if "time_to_accuracy" in args.rows:
+        rows, accuracy_table = time_to_accuracy_rows(args, peers)
+        results += rows
     print(
         f"\n{args.precision}, {device}, {torch.get_num_threads()} thread(s), median of "
         f"{args.repeats} interleaved rounds; ratio: median of within-round ratios to metatl; "
@@ -357,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         "\n"
     )
     print(markdown(results))
+    if accuracy_table:
+        print("\nRow 6, the MAML preset trained by each library (test: paired with metatl)\n")
+        print(accuracy_table)
     if args.out:
         payload = {
             "settings": {
