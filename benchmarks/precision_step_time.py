@@ -6,12 +6,21 @@
     python benchmarks/precision_step_time.py --algorithm protonet caml maml --precisions bf16 \
         --set model.caml.freeze_backbone=true                    # learners side by side
     python benchmarks/precision_step_time.py --precisions fp32 --formats channels_last contiguous
+    python benchmarks/precision_step_time.py --algorithm protonet fomaml --precisions fp32 \
+        --compile                                                # eager vs torch.compile
 
 One step is what ``metatl.training.meta_train`` does: the learner's loss on an episode under
 ``autocast(device, precision)``, backward through the loss scaler, an Adam step. Each round
 times every (learner, precision, memory format) once, in a shuffled order, and the ratio to
 the first is taken within the round (then the median over rounds), so a noisy shared machine
 affects all alike. Every learner starts from the same backbone weights and sees the same episode.
+
+``--compile`` adds, for each of them, a variant whose backbone forward is ``torch.compile``d
+(the learner's loss, the inner loop and Adam stay eager), with the largest relative gradient
+difference to the eager variant over the weights. The conv biases are left out of it: the
+BatchNorm after each conv cancels them, so their true gradient is zero and both paths return
+round-off. A variant that cannot run (second-order MAML: a compiled backward cannot be
+differentiated again) is reported and left out.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ def main() -> None:
         choices=["channels_last", "contiguous"],
         help="memory formats of the weights and images (metatl.train uses channels_last)",
     )
+    parser.add_argument("--compile", action="store_true", help="add torch.compile variants")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=10, help="steps per timing")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -68,7 +78,7 @@ def main() -> None:
         args.way, args.shot, args.query, channels=args.channels, size=args.size, device=device
     )
 
-    runners = {}
+    runners, gradients, agreement, partner = {}, {}, {}, {}
     for algorithm in args.algorithm:
         config = load_config(
             None,
@@ -83,8 +93,13 @@ def main() -> None:
         )
         torch.manual_seed(0)
         base = build_learner(config, args.channels, args.size, n_way=args.way).to(device)
-        for precision, memory_format in itertools.product(args.precisions, args.formats):
+        variants = ("eager", "compiled") if args.compile else ("eager",)
+        for precision, memory_format, variant in itertools.product(
+            args.precisions, args.formats, variants
+        ):
             learner = copy.deepcopy(base).to(memory_format=FORMATS[memory_format])
+            if variant == "compiled":
+                learner.backbone.forward = torch.compile(learner.backbone.forward)
             images = episode.map_images(
                 lambda x, f=memory_format: x.contiguous(memory_format=FORMATS[f])
             )
@@ -106,14 +121,27 @@ def main() -> None:
                 scaler.step(optimizer)
                 scaler.update()
 
-            suffix = f" {memory_format}" if len(args.formats) > 1 else ""
-            runners[f"{algorithm} {precision}{suffix}"] = step
+            name = f"{algorithm} {precision}"
+            name += f" {memory_format}" if len(args.formats) > 1 else ""
+            name += f" {variant}" if args.compile else ""
+            try:
+                gradient = first_gradient(learner, images, device, precision)
+            except RuntimeError as err:  # e.g. a compiled backward differentiated twice
+                print(f"{name}: cannot run: {str(err).splitlines()[0]}")
+                continue
+            eager = name.replace(" compiled", " eager")
+            if variant == "compiled" and eager in gradients:
+                agreement[name] = max_relative_difference(gradients[eager], gradient)
+                partner[name] = eager
+            gradients[name] = gradient
+            runners[name] = step
 
     for run in runners.values():  # warm-up: oneDNN picks and caches its kernels
         for _ in range(3):
             run()
     times: dict[str, list[float]] = {name: [] for name in runners}
     ratios: dict[str, list[float]] = {name: [] for name in runners}
+    to_eager: dict[str, list[float]] = {name: [] for name in partner}
     reference = next(iter(runners))
     rng = random.Random(0)
     for _ in range(args.rounds):
@@ -130,19 +158,49 @@ def main() -> None:
         for name, seconds in this_round.items():
             times[name].append(seconds)
             ratios[name].append(seconds / this_round[reference])
+            if name in partner:
+                to_eager[name].append(seconds / this_round[partner[name]])
 
     print(
         f"{', '.join(args.algorithm)} {args.backbone} {args.size}x{args.size}x{args.channels}, "
         f"{args.way}-way {args.shot}-shot {args.query}-query, {device}, "
         f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps\n"
     )
-    print(f"| learner, precision | median ms/step | min ms/step | ratio to {reference} (median) |")
-    print("| --- | --- | --- | --- |")
+    header = "| learner, precision | median ms/step | min ms/step "
+    header += f"| ratio to {reference} (median) |"
+    print(header + (" ratio to eager | grad rel. diff to eager |" if args.compile else ""))
+    print("| --- | --- | --- | --- |" + (" --- | --- |" if args.compile else ""))
     for name in runners:
-        print(
+        line = (
             f"| {name} | {1e3 * statistics.median(times[name]):.1f} "
             f"| {1e3 * min(times[name]):.1f} | {statistics.median(ratios[name]):.2f} |"
         )
+        if args.compile and name in partner:
+            line += f" {statistics.median(to_eager[name]):.2f} | {agreement[name]:.1e} |"
+        elif args.compile:
+            line += " — | — |"
+        print(line)
+
+
+def first_gradient(learner, images, device, precision) -> dict[str, torch.Tensor]:
+    """The gradient of one loss on ``images`` (no optimizer step), conv biases left out."""
+    learner.train()
+    with autocast(device, precision):
+        loss, _ = learner.loss(images)
+    loss.backward()
+    conv_biases = {id(m.bias) for m in learner.modules() if isinstance(m, torch.nn.Conv2d)}
+    gradient = {
+        name: p.grad.detach().clone()
+        for name, p in learner.named_parameters()
+        if p.grad is not None and id(p) not in conv_biases
+    }
+    learner.zero_grad(set_to_none=True)
+    return gradient
+
+
+def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max over tensors of ``max |a - b| / max |a|``."""
+    return max(((a[n] - b[n]).abs().max() / a[n].abs().max()).item() for n in a)
 
 
 if __name__ == "__main__":
