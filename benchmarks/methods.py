@@ -92,10 +92,33 @@ def _mean(episodes: list[Episode]) -> float:
     return 1.0 / len(episodes)
 
 
+def as_trained(method: Method, learner: nn.Module, episodes: list[Episode]) -> Method:
+    """``method`` as ``metatl.train`` runs it on a CPU: weights and images channels_last.
+
+    ``learner`` is the module ``method`` steps (converted in place) and ``episodes`` the list
+    its ``backward`` reads (its images replaced), so the caller hands over copies of both.
+    """
+    learner.to(memory_format=torch.channels_last)
+    episodes[:] = [
+        ep.map_images(lambda x: x.contiguous(memory_format=torch.channels_last)) for ep in episodes
+    ]
+    return Method(f"{method.name}, channels_last", list(learner.parameters()), method.backward)
+
+
 # --- MAML ------------------------------------------------------------------------------------
 
 
-def metatl_maml(net: Net, episodes: list[Episode], s, adapt: str = "all", **kw) -> Method:
+def metatl_maml(
+    net: Net,
+    episodes: list[Episode],
+    s,
+    adapt: str = "all",
+    channels_last: bool = False,
+    **kw,
+) -> Method:
+    """metatl's MAML; ``channels_last``: on copies of the episodes, as ``metatl.train`` runs."""
+    if channels_last:
+        episodes = list(episodes)
     backbone, head = net.copy()
     learner = MAML(
         backbone,
@@ -114,7 +137,8 @@ def metatl_maml(net: Net, episodes: list[Episode], s, adapt: str = "all", **kw) 
         for ep in episodes:
             (learner.loss(ep)[0] * _mean(episodes)).backward()
 
-    return Method("metatl", list(learner.parameters()), backward)
+    method = Method("metatl", list(learner.parameters()), backward)
+    return as_trained(method, learner, episodes) if channels_last else method
 
 
 def l2l_maml(l2l: ModuleType, net: Net, episodes: list[Episode], s) -> Method:
@@ -168,7 +192,7 @@ def hand_maml(net: Net, episodes: list[Episode], s) -> Method:
 
 
 def maml_methods(peers: dict[str, ModuleType], net: Net, episodes: list[Episode], s) -> list:
-    methods = [metatl_maml(net, episodes, s)]
+    methods = [metatl_maml(net, episodes, s), metatl_maml(net, episodes, s, channels_last=True)]
     if "learn2learn" in peers:
         methods.append(l2l_maml(peers["learn2learn"], net, episodes, s))
     if "higher" in peers:
@@ -254,6 +278,14 @@ def protonet_methods(peers: dict[str, ModuleType], net: Net, episodes: list[Epis
             (learner.loss(ep)[0] * _mean(episodes)).backward()
 
     methods = [Method("metatl", list(learner.parameters()), ours)]
+    fast = ProtoNet(copy.deepcopy(net.backbone)).to(net.head.weight.device).train()
+    fast_episodes = list(episodes)
+
+    def fast_backward() -> None:
+        for ep in fast_episodes:
+            (fast.loss(ep)[0] * _mean(fast_episodes)).backward()
+
+    methods.append(as_trained(Method("metatl", [], fast_backward), fast, fast_episodes))
     if "easyfsl" in peers:
         model = peers["easyfsl"].PrototypicalNetworks(copy.deepcopy(net.backbone))
         model = model.to(net.head.weight.device).train()

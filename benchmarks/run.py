@@ -429,12 +429,13 @@ def main(argv: list[str] | None = None) -> int:
             probe_setting(s, build(s, peers, device, sampling_data), device, args.precision)
         )
     step_s = sum(v["seconds"] for p in probed for v in p.values())
-    print(
-        f"{len(settings)} settings probed in {time.perf_counter() - start:.0f} s; estimated "
-        f"timing: {step_s * (args.warmup + args.repeats) / 60:.1f} min "
-        f"({args.warmup} warm-up + {args.repeats} rounds)",
-        flush=True,
-    )
+    if settings:
+        print(
+            f"{len(settings)} settings probed in {time.perf_counter() - start:.0f} s; estimated "
+            f"timing: {step_s * (args.warmup + args.repeats) / 60:.1f} min "
+            f"({args.warmup} warm-up + {args.repeats} rounds)",
+            flush=True,
+        )
     results = []
     for i, (s, info) in enumerate(zip(settings, probed, strict=True), 1):
         print(f"[time {i}/{len(settings)}] {s.row} {s.label()}", file=sys.stderr, flush=True)

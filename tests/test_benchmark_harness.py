@@ -16,9 +16,9 @@ import pytest
 
 REPO = Path(__file__).parents[1]
 ROW_METHODS = {  # the methods that run without any peer installed
-    "maml": {"metatl", "hand-written autograd"},
+    "maml": {"metatl", "metatl, channels_last", "hand-written autograd"},
     "anil": {"metatl", "metatl, trunk not cached", "metatl full MAML (all)"},
-    "protonet": {"metatl", "hand-written autograd"},
+    "protonet": {"metatl", "metatl, channels_last", "hand-written autograd"},
     "sampling": {"metatl"},
     "feature_cache": {"metatl", "metatl, uncached"},
 }
