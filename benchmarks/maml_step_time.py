@@ -43,19 +43,6 @@ from episodes import Episode
 from metatl.algorithms.maml import MAML
 from metatl.backbones import Backbone, create_backbone
 
-
-def random_episodes(args: argparse.Namespace) -> list[Episode]:
-    """The meta-batch of random CPU episodes (:func:`measure.random_episodes`, seed 0)."""
-    return measure.random_episodes(
-        args.way,
-        args.shot,
-        args.query,
-        channels=args.channels,
-        size=args.size,
-        count=args.meta_batch,
-    )
-
-
 Step = Callable[[], None]
 
 
@@ -171,7 +158,14 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    episodes = random_episodes(args)
+    episodes = measure.random_episodes(
+        args.way,
+        args.shot,
+        args.query,
+        channels=args.channels,
+        size=args.size,
+        count=args.meta_batch,
+    )
     methods: dict[str, Step] = {
         "metatl all": metatl_step(args, episodes, adapt="all"),
         "metatl top:1": metatl_step(args, episodes, adapt="top:1"),

@@ -16,11 +16,10 @@ the first is taken within the round (then the median over rounds), so a noisy sh
 affects all alike. Every learner starts from the same backbone weights and sees the same episode.
 
 ``--compile`` adds, for each of them, a variant whose backbone forward is ``torch.compile``d
-(the learner's loss, the inner loop and Adam stay eager), with the largest relative gradient
-difference to the eager variant over the weights. The conv biases are left out of it: the
-BatchNorm after each conv cancels them, so their true gradient is zero and both paths return
-round-off. A variant that cannot run (second-order MAML: a compiled backward cannot be
-differentiated again) is reported and left out.
+(the learner's loss, the inner loop and Adam stay eager), with its gradient difference to the
+eager variant as the harness measures it (:func:`measure.max_relative_difference`). A
+variant that cannot run (second-order MAML: a compiled backward cannot be differentiated
+again) is reported and left out.
 """
 
 from __future__ import annotations
@@ -131,7 +130,7 @@ def main() -> None:
                 continue
             eager = name.replace(" compiled", " eager")
             if variant == "compiled" and eager in gradients:
-                agreement[name] = max_relative_difference(gradients[eager], gradient)
+                agreement[name] = measure.max_relative_difference(gradients[eager], gradient)
                 partner[name] = eager
             gradients[name] = gradient
             runners[name] = step
@@ -182,25 +181,15 @@ def main() -> None:
         print(line)
 
 
-def first_gradient(learner, images, device, precision) -> dict[str, torch.Tensor]:
-    """The gradient of one loss on ``images`` (no optimizer step), conv biases left out."""
+def first_gradient(learner, images, device, precision) -> list[torch.Tensor]:
+    """The gradient of one loss on ``images`` (no optimizer step), parameter by parameter."""
     learner.train()
     with autocast(device, precision):
         loss, _ = learner.loss(images)
     loss.backward()
-    conv_biases = {id(m.bias) for m in learner.modules() if isinstance(m, torch.nn.Conv2d)}
-    gradient = {
-        name: p.grad.detach().clone()
-        for name, p in learner.named_parameters()
-        if p.grad is not None and id(p) not in conv_biases
-    }
+    gradient = [p.grad.detach().clone() for p in learner.parameters() if p.grad is not None]
     learner.zero_grad(set_to_none=True)
     return gradient
-
-
-def max_relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    """max over tensors of ``max |a - b| / max |a|``."""
-    return max(((a[n] - b[n]).abs().max() / a[n].abs().max()).item() for n in a)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,6 @@ from benchmarks.methods import (
     protonet_methods,
     sampling_methods,
 )
-from episodes import Episode
 
 STEP_ROWS = ("maml", "anil", "protonet", "sampling")
 ROWS = (*STEP_ROWS, "feature_cache", "time_to_accuracy")
@@ -136,24 +135,13 @@ def grid(name: str, rows: list[str]) -> list[Setting]:
     return out
 
 
-def random_episodes(s: Setting, device: torch.device) -> list[Episode]:
-    """The setting's meta-batch of random episodes (:func:`measure.random_episodes`, seed 0)."""
-    return measure.random_episodes(
-        s.way,
-        s.shot,
-        s.query,
-        channels=s.channels,
-        size=s.size,
-        count=s.meta_batch,
-        device=device,
-    )
-
-
 def build(s: Setting, peers: dict, device: torch.device, sampling_data) -> list[Method]:
     if s.row == "sampling":
         return sampling_methods(peers, sampling_data, s, SAMPLING_PER_STEP)
     net = Net.build(s.way, s.channels, s.size, device)
-    episodes = random_episodes(s, device)
+    episodes = measure.random_episodes(
+        s.way, s.shot, s.query, channels=s.channels, size=s.size, count=s.meta_batch, device=device
+    )
     builder = {"maml": maml_methods, "anil": anil_methods, "protonet": protonet_methods}[s.row]
     return builder({p: peers[p] for p in PEERS_OF[s.row] if p in peers}, net, episodes, s)
 
